@@ -1,0 +1,152 @@
+"""Every hook a mailman-mta plugin can implement.
+
+A plugin is a module or object with functions named after these specs and
+decorated with `mailman_mta.hookimpl`.  An implementation may accept any
+subset of a spec's arguments, and they are always passed by keyword.  A
+plugin runs only while a configuration layer enables it
+(``[plugin.NAME] enabled: yes``); see docs/plugins.rst.
+
+The order of a single send through `Connection.sendmail`:
+
+1. `mta_rewrite_recipients`, then `mta_prepare_message`, on the envelope;
+2. `mta_session_allowed`, if a connection is already open;
+3. `mta_create_transport` and `mta_authenticate`, if a new connection is
+   needed;
+4. the SMTP transaction itself, on the transport;
+5. `mta_delivery_result`, whatever the outcome.
+
+`mta_check_config` runs when a layer is pushed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from . import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from .config import Configuration
+    from .envelope import Envelope
+    from .interfaces import IConnection, ITransport
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+# -- Connections ---------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mta_create_transport(config: Configuration, connection: IConnection) -> ITransport | None:
+    """Open a new SMTP connection for *connection* and return it.
+
+    Called whenever *connection* needs a new connection: on its first send,
+    and after `mta_session_allowed` or an error closed the previous one.
+    Return an object providing `ITransport`, connected and ready for EHLO,
+    or None to let the next plugin try.  The first non-None result wins.
+
+    This is where a plugin chooses the relay (``connection.host`` and
+    ``connection.port`` are the configured defaults), fails over to another,
+    or supplies a different client (pipelining, a connection pool).  The
+    built-in ``smtp`` plugin runs last and uses `smtplib`.
+    """
+
+
+@hookspec(firstresult=True)
+def mta_authenticate(config: Configuration, connection: IConnection, transport: ITransport) -> bool | None:
+    """Authenticate on a freshly opened *transport*.
+
+    Called once after every `mta_create_transport`, before any message is
+    sent on it.  Return True once you have authenticated (later plugins are
+    then not called), or None when you have nothing to do.  Raise
+    `smtplib.SMTPAuthenticationError` (or let the transport raise it) when
+    the server refuses; the connection is then closed and the error reaches
+    the caller of ``sendmail``.
+
+    The built-in ``auth`` plugin runs last and logs in with
+    ``connection.smtp_user`` and ``connection.smtp_pass`` when a user is set;
+    a plugin for another scheme (XOAUTH2, say) runs before it and returns
+    True.
+    """
+
+
+@hookspec
+def mta_session_allowed(config: Configuration, connection: IConnection) -> bool | None:
+    """May the open connection carry another session?
+
+    Called before each send on a connection that is already open.  Return
+    False to have it closed (with QUIT) and a new one opened, True or None
+    to allow.  Every implementation is asked, and any False wins.  Use
+    ``connection.session_count`` and ``connection.connected_at``.
+
+    The built-in ``sessions`` plugin returns False once
+    ``connection.session_count`` reaches ``sessions_per_connection``.
+    """
+
+
+# -- Messages ------------------------------------------------------------
+
+
+@hookspec
+def mta_rewrite_recipients(config: Configuration, connection: IConnection, envelope: Envelope) -> None:
+    """Change who the message in *envelope* is sent to.
+
+    Called once per send, before the message is prepared.  Assign to or
+    mutate ``envelope.recipients`` (and ``envelope.sender``, if you must);
+    the return value is ignored.  The rewritten addresses are checked again,
+    so an unsafe address is refused before anything is sent.
+
+    The built-in ``devmode`` plugin runs last (``trylast``) and, when
+    ``[devmode] enabled`` is yes, replaces every recipient with
+    ``[devmode] recipient``.
+    """
+
+
+@hookspec
+def mta_prepare_message(config: Configuration, connection: IConnection, envelope: Envelope) -> None:
+    """Transform the message bytes in *envelope* before they are sent.
+
+    Called once per send, after `mta_rewrite_recipients`.  Assign new bytes
+    to ``envelope.message`` or add ESMTP parameters to
+    ``envelope.mail_options`` / ``envelope.rcpt_options``; the return
+    value is ignored.  A signing plugin (DKIM) should be ``trylast`` so it
+    signs what the others produced.
+    """
+
+
+# -- Results -------------------------------------------------------------
+
+
+@hookspec
+def mta_delivery_result(
+    config: Configuration,
+    connection: IConnection,
+    envelope: Envelope,
+    refused: dict[str, tuple[int, bytes]],
+    error: BaseException | None,
+) -> None:
+    """Observe the outcome of one send.
+
+    Called exactly once for every send that reached the point of
+    connecting, whether it succeeded or failed.  *refused* maps each
+    recipient the server refused to its (code, response); *error* is the
+    exception the caller is about to receive, or None.  For an error that
+    refused every recipient (`smtplib.SMTPRecipientsRefused`), *refused*
+    holds them all.  The return value is ignored; do not raise.
+    """
+
+
+# -- Configuration -------------------------------------------------------
+
+
+@hookspec
+def mta_check_config(config: Configuration) -> None:
+    """Check the configuration a layer is about to make effective.
+
+    Called after a layer is pushed, with the new layers in place and only
+    the plugins they enable.  Raise `mailman_mta.errors.ConfigurationError`
+    naming the section and key to refuse the layer; it is then removed
+    again and the caller of ``push`` gets the error.  Use it for rules that
+    involve more than one key (devmode needs a recipient).
+    """

@@ -1,0 +1,134 @@
+"""The contracts mailman-mta's objects keep, as zope.interface interfaces.
+
+Plugins are handed objects providing these interfaces; a plugin that
+supplies one (a transport, say) is checked with `verifyObject`.  As is the
+zope.interface convention, methods are written without ``self``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IConnection(Interface):
+    """One connection to the MTA, carrying one or more SMTP sessions.
+
+    A session is one message transaction (MAIL, RCPT..., DATA).  The
+    connection opens lazily on the first `sendmail`, and after each session
+    the enabled plugins decide (`mta_session_allowed`) whether the next one
+    may reuse it or a new connection is opened.
+    """
+
+    host = Attribute(
+        "The SMTP server's host name: the one given when the connection was made, "
+        "or else [mta] smtp_host of the active configuration."
+    )
+    port = Attribute(
+        "The SMTP server's TCP port: the one given, or else [mta] smtp_port."
+    )
+    sessions_per_connection = Attribute(
+        "How many sessions one connection carries before it is replaced; 0 means "
+        "no limit.  The one given, or else [mta] max_sessions_per_connection."
+    )
+    smtp_user = Attribute(
+        "The SMTP AUTH user name, or an empty string for no authentication."
+    )
+    smtp_pass = Attribute(
+        "The SMTP AUTH password as a `mailman_mta.secret.Secret`, or None."
+    )
+    config = Attribute("The `IConfiguration` whose layers and plugins this connection uses.")
+    debug = Attribute(
+        "When true, the SMTP conversation is logged at DEBUG level to the "
+        "'mailman_mta.transcript' logger, with AUTH secrets masked."
+    )
+    transport = Attribute("The open `ITransport`, or None when not connected.")
+    session_count = Attribute("Sessions carried by the open connection so far.")
+    connection_count = Attribute("Connections this object has opened in its lifetime.")
+    connected_at = Attribute(
+        "time.monotonic() when the open connection was made, or None."
+    )
+
+    def sendmail(envsender, recipients, msgtext):
+        """Send one message in one session, opening a connection if needed.
+
+        :param envsender: the envelope sender (MAIL FROM); may be empty.
+        :param recipients: the envelope recipients, a list of strings.
+        :param msgtext: the message, as str, bytes or email.message.Message;
+            its bytes are sent unchanged.
+        :return: a dict of the recipients the server refused, mapping each to
+            its (code, response) pair, exactly as `smtplib.SMTP.sendmail`;
+            an empty dict when every recipient was accepted.
+        :raises smtplib.SMTPException: as smtplib does (every recipient
+            refused, sender refused, data refused, disconnection); the
+            connection is closed first, so the next call reconnects.
+        :raises mailman_mta.errors.EnvelopeError: for an address or message
+            that cannot be sent; nothing was sent.
+        """
+
+    def quit():
+        """End the open connection politely (QUIT), if there is one.
+
+        Errors from a server that has already gone away are ignored.  The
+        next `sendmail` opens a new connection.
+        """
+
+
+class ITransport(Interface):
+    """An open, greeted SMTP client connection, as made by a transport plugin.
+
+    `smtplib.SMTP` provides it; a plugin may return anything else that does
+    (a pipelining client, a client for a relay with failover).
+    """
+
+    def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
+        """Run one message transaction; return the refused recipients.
+
+        Same contract as `smtplib.SMTP.sendmail`.
+        """
+
+    def login(user, password):
+        """Authenticate with SMTP AUTH; raise smtplib.SMTPAuthenticationError."""
+
+    def ehlo_or_helo_if_needed():
+        """Send EHLO (or HELO) unless that was done on this connection."""
+
+    def has_extn(name):
+        """Return true if the server offered the ESMTP extension *name*."""
+
+    def noop():
+        """Send NOOP; return (code, message)."""
+
+    def set_debuglevel(level):
+        """Turn the protocol transcript on (>0) or off (0)."""
+
+    def quit():
+        """Send QUIT and close."""
+
+    def close():
+        """Close the socket without saying anything."""
+
+
+class IConfiguration(Interface):
+    """Layered configuration, and the plugins those layers make active."""
+
+    def push(name, text):
+        """Lay the configuration *text* on top, under *name*.
+
+        The layer is checked first: an unknown section or key, a value of
+        the wrong type, or a plugin that cannot be found raises
+        `mailman_mta.errors.ConfigurationError` naming the layer, section
+        and key, and leaves the configuration as it was.
+        """
+
+    def pop(name):
+        """Remove the layer *name*, and every layer pushed after it."""
+
+    layers = Attribute("The names of the pushed layers, bottom first.")
+    settings = Attribute(
+        "The effective values converted to their types, e.g. "
+        "``settings.mta.smtp_port`` is an int; recomputed after push and pop."
+    )
+    hook = Attribute(
+        "The pluggy hook relay of the plugins enabled by the current layers."
+    )
+    active_plugins = Attribute("Name -> plugin object of the enabled plugins, in call-registration order.")

@@ -1,0 +1,11 @@
+"""Test helpers that ship with mailman-mta, for its own suite and for plugin authors.
+
+`CountingSMTPServer` is a real SMTP server (aiosmtpd) on loopback that
+records what it receives.  The pytest plugin in `mailman_mta.testing.pytest_plugin`
+is registered through the ``pytest11`` entry point and gives every test
+session the ``mta_smtpd`` and ``mta_config`` fixtures.
+"""
+
+from .server import DEFAULT_CREDENTIALS, CountingSMTPServer, ReceivedMessage
+
+__all__ = ["DEFAULT_CREDENTIALS", "CountingSMTPServer", "ReceivedMessage"]

@@ -1,0 +1,296 @@
+"""`CountingSMTPServer`: a real SMTP server for tests, built on aiosmtpd.
+
+It runs aiosmtpd in a background thread on a loopback port, accepts every
+message, and records what a test wants to assert on: how many connections
+were made, what AUTH the client sent, and every message received, as an
+`email.message.Message` with ``X-Peer``, ``X-MailFrom`` and ``X-RcptTo``
+headers (aiosmtpd's convention) and as raw bytes.
+
+    with CountingSMTPServer() as smtpd:
+        Connection(smtpd.hostname, smtpd.port, 0).sendmail(...)
+        assert smtpd.get_connection_count() == 1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import Message as EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Message
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+#: The credentials the server accepts unless told otherwise (as in the
+#: Mailman connection doctests).
+DEFAULT_CREDENTIALS: Mapping[str, str] = {"testuser": "testpass"}
+
+
+
+class _HideLoginDataNotice(logging.Filter):
+    """aiosmtpd 1.4 sets its own deprecated ``Session.login_data`` on every
+    successful AUTH and logs a warning about it that no caller can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Session.login_data is deprecated")
+
+
+logging.getLogger("mail.log").addFilter(_HideLoginDataNotice())
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message as the server received it, byte for byte."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[str, ...] = ()
+    peer: Any = None
+    authenticated_as: str | None = None
+
+
+@dataclass
+class _Record:
+    connections: int = 0
+    auth_lines: list[str] = field(default_factory=list)
+    messages: list[EmailMessage] = field(default_factory=list)
+    received: list[ReceivedMessage] = field(default_factory=list)
+
+
+class _Handler(Message):
+    """aiosmtpd handler: turns each event into a record on the server."""
+
+    def __init__(self, server: CountingSMTPServer) -> None:
+        super().__init__()
+        self.server = server
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
+        received = ReceivedMessage(
+            mail_from=envelope.mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            content=bytes(envelope.original_content or envelope.content),
+            mail_options=tuple(envelope.mail_options),
+            rcpt_options=tuple(envelope.rcpt_options),
+            peer=session.peer,
+            authenticated_as=login,
+        )
+        message = self.prepare_message(session, envelope)
+        self.server._on_message(received, message)
+        return "250 OK"
+
+    def handle_message(self, message: EmailMessage) -> None:  # pragma: no cover - handle_DATA does it
+        raise AssertionError("not used")
+
+    async def handle_RSET(self, server, session, envelope) -> str:
+        # A client that says RSET before saying hello is not in a mail
+        # transaction: that is the "reset the counters" signal of the Mailman
+        # doctests.  smtplib's own RSETs, after EHLO, leave the counts alone.
+        if session.host_name is None:
+            self.server.reset()
+        return "250 OK"
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd's protocol, reporting connections and raw AUTH lines."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._counting_server = handler.server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._counting_server._on_connection(transport.get_extra_info("peername"))
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        self._counting_server._on_auth(arg)
+        await super().smtp_AUTH(arg)
+
+
+class _Controller(Controller):
+    def __init__(self, server: CountingSMTPServer, **kwargs: Any) -> None:
+        super().__init__(_Handler(server), **kwargs)
+        self._counting_server = server
+
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self) -> None:
+        # aiosmtpd connects to self.port to check the server is up, so with
+        # port 0 it would connect to port 0.  Read the port the listener was
+        # really given, and connect from a port we tell the server to ignore,
+        # so the probe is not counted as a client.
+        self.port = self.server.sockets[0].getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(self.ready_timeout)
+            probe.bind((self.hostname, 0))
+            self._counting_server._probe_ports.add(probe.getsockname()[1])
+            probe.connect((self.hostname, self.port))
+            if self.ssl_context is not None:
+                client = ssl.create_default_context()
+                client.check_hostname = False
+                client.verify_mode = ssl.CERT_NONE
+                with client.wrap_socket(probe) as tls:
+                    tls.recv(1024)
+            else:
+                probe.recv(1024)
+
+
+class CountingSMTPServer:
+    """An aiosmtpd SMTP server on loopback that counts and records.
+
+    :param hostname: the address to listen on; loopback by default.
+    :param port: the port; 0 (the default) takes a free one, read back
+        from `port` after `start`.
+    :param credentials: user name -> password pairs that AUTH accepts
+        (AUTH PLAIN and LOGIN are offered, without TLS); None offers no AUTH.
+        Anything else gets ``535 5.7.8`` and the client raises
+        `smtplib.SMTPAuthenticationError`.
+    :param ssl_context: a server-side context for implicit TLS (SMTPS).
+    :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
+        (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
+
+    Connections are counted from the moment they are accepted; the count and
+    the last AUTH line are reset by `reset()`, or by a client that connects
+    and sends RSET before HELO/EHLO (what Mailman's doctests do).
+    """
+
+    def __init__(
+        self,
+        hostname: str = "127.0.0.1",
+        port: int = 0,
+        credentials: Mapping[str, str] | None = DEFAULT_CREDENTIALS,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ready_timeout: float = 10.0,
+        **smtp_options: Any,
+    ) -> None:
+        self.hostname = hostname
+        self._requested_port = port
+        self.credentials = dict(credentials) if credentials is not None else None
+        self._ssl_context = ssl_context
+        self._ready_timeout = ready_timeout
+        self._smtp_options = smtp_options
+        self._lock = threading.Lock()
+        self._record = _Record()
+        self._probe_ports: set[int] = set()
+        self._controller: _Controller | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (after `start`)."""
+        if self._controller is None:
+            return self._requested_port
+        return self._controller.port
+
+    def start(self) -> CountingSMTPServer:
+        """Start listening; return self.  Raises if it is already running."""
+        if self._controller is not None:
+            raise RuntimeError("CountingSMTPServer is already running")
+        options = dict(self._smtp_options)
+        options.setdefault("auth_require_tls", False)
+        if self.credentials is None:
+            options["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
+        else:
+            options["authenticator"] = self._authenticate
+        controller = _Controller(
+            self,
+            hostname=self.hostname,
+            port=self._requested_port,
+            ssl_context=self._ssl_context,
+            ready_timeout=self._ready_timeout,
+            **options,
+        )
+        controller.start()
+        self._controller = controller
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close every client connection."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+    def __enter__(self) -> CountingSMTPServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._controller is not None else "stopped"
+        return f"<CountingSMTPServer {self.hostname}:{self.port} {state}>"
+
+    # -- what the tests read ---------------------------------------------
+
+    def get_connection_count(self) -> int:
+        """Connections accepted since the last reset."""
+        with self._lock:
+            return self._record.connections
+
+    def get_authentication_credentials(self) -> str | None:
+        """The last AUTH command's arguments as sent, e.g. ``PLAIN AHRl...``."""
+        with self._lock:
+            return self._record.auth_lines[-1] if self._record.auth_lines else None
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        """Every message received since the last `clear`, oldest first."""
+        with self._lock:
+            return list(self._record.messages)
+
+    @property
+    def received(self) -> list[ReceivedMessage]:
+        """The same messages as raw `ReceivedMessage` records."""
+        with self._lock:
+            return list(self._record.received)
+
+    def clear(self) -> None:
+        """Forget the messages received so far."""
+        with self._lock:
+            self._record.messages.clear()
+            self._record.received.clear()
+
+    def reset(self) -> None:
+        """Set the connection count back to zero and forget AUTH lines."""
+        with self._lock:
+            self._record.connections = 0
+            self._record.auth_lines.clear()
+
+    # -- called from the server thread -----------------------------------
+
+    def _on_connection(self, peer: Any) -> None:
+        if peer is not None and peer[1] in self._probe_ports:
+            self._probe_ports.discard(peer[1])
+            return
+        with self._lock:
+            self._record.connections += 1
+
+    def _on_auth(self, arg: str) -> None:
+        with self._lock:
+            self._record.auth_lines.append(arg)
+
+    def _on_message(self, received: ReceivedMessage, message: EmailMessage) -> None:
+        with self._lock:
+            self._record.received.append(received)
+            self._record.messages.append(message)
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if (
+            isinstance(auth_data, LoginPassword)
+            and self.credentials is not None
+            and self.credentials.get(auth_data.login.decode("utf-8", "replace"))
+            == auth_data.password.decode("utf-8", "replace")
+        ):
+            return AuthResult(success=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)

@@ -1,0 +1,1 @@
+"""The configuration schema, shipped as package data (``schema.cfg``)."""
