@@ -43,22 +43,30 @@ def check_address(address: object, role: str) -> str:
     return address
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 def message_bytes(message: MessageInput) -> bytes:
-    """Return *message* as the bytes to send, without changing any of them.
+    """Return *message* as the bytes to send.
 
     `str` is encoded as UTF-8 (never squeezed into ASCII with ``?``),
-    `bytes` pass through, and an `email.message.Message` is flattened with
-    its own policy and no ``>From`` mangling.
+    `bytes` are taken as they are, and an `email.message.Message` is
+    flattened with its own policy and no ``>From`` mangling.  Then every line
+    ending becomes CRLF, as SMTP requires: smtplib does that for `str` only,
+    and a bare LF sent as-is is what "SMTP smuggling" exploits.  No other
+    byte is changed.
     """
     if isinstance(message, (bytes, bytearray)):
-        return bytes(message)
-    if isinstance(message, str):
-        return message.encode("utf-8", "surrogateescape")
-    if isinstance(message, email.message.Message):
-        return message.as_bytes()
-    raise EnvelopeError(
-        f"message must be str, bytes or email.message.Message, not {type(message).__name__}"
-    )
+        data = bytes(message)
+    elif isinstance(message, str):
+        data = message.encode("utf-8", "surrogateescape")
+    elif isinstance(message, email.message.Message):
+        data = message.as_bytes()
+    else:
+        raise EnvelopeError(
+            f"message must be str, bytes or email.message.Message, not {type(message).__name__}"
+        )
+    return _LINE_END.sub(b"\r\n", data)
 
 
 @dataclass(eq=False)

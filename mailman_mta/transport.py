@@ -24,6 +24,7 @@ class SMTPTransport(smtplib.SMTP):
     """An `smtplib.SMTP` whose ``set_debuglevel(1)`` transcript is logged, masked."""
 
     _authenticating = False
+    _port = 0
 
     def auth(self, mechanism, authobject, *, initial_response_ok=True):
         self._authenticating = True
@@ -40,10 +41,12 @@ class SMTPTransport(smtplib.SMTP):
             shown = " ".join(words[:2]) + f" {MASK}" if sent.lstrip("'\"").startswith("AUTH") else MASK
             args = ("send:", shown)
         if transcript.isEnabledFor(logging.DEBUG):
-            transcript.debug("%s:%s %s", self._host or "?", getattr(self, "_port", "?"), " ".join(map(str, args)))
+            transcript.debug("%s:%s %s", self._host, self._port, " ".join(map(str, args)))
 
     def connect(self, host="localhost", port=0, source_address=None):
-        self._port = port
+        # smtplib remembers the host only when given to the constructor, and
+        # STARTTLS checks the certificate against that remembered name.
+        self._host, self._port = host, port
         return super().connect(host, port, source_address)
 
 

@@ -19,6 +19,7 @@ conftest.py:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -37,17 +38,21 @@ def mta_smtpd() -> Iterator[CountingSMTPServer]:
         yield server
 
 
+@contextmanager
+def pointed_at(server: CountingSMTPServer, config: Configuration = default_config) -> Iterator[Configuration]:
+    """Push a layer pointing ``[mta]`` at *server*; pop it (and all above) after."""
+    config.push(SERVER_LAYER, f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\n")
+    try:
+        yield config
+    finally:
+        config.pop(SERVER_LAYER)
+
+
 @pytest.fixture
 def mta_config(mta_smtpd: CountingSMTPServer) -> Iterator[Configuration]:
     """The default configuration, pointed at ``mta_smtpd`` for one test."""
-    default_config.push(
-        SERVER_LAYER,
-        f"[mta]\nsmtp_host: {mta_smtpd.hostname}\nsmtp_port: {mta_smtpd.port}\n",
-    )
-    try:
-        yield default_config
-    finally:
-        default_config.pop(SERVER_LAYER)
+    with pointed_at(mta_smtpd) as config:
+        yield config
 
 
 class LayerStack:

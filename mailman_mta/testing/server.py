@@ -90,6 +90,21 @@ class _Handler(Message):
     def handle_message(self, message: EmailMessage) -> None:  # pragma: no cover - handle_DATA does it
         raise AssertionError("not used")
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        session.host_name = hostname
+        if self.server.credentials is None:
+            # aiosmtpd would still offer an empty "AUTH" line.
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        reply = self.server._refusals.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     async def handle_RSET(self, server, session, envelope) -> str:
         # A client that says RSET before saying hello is not in a mail
         # transaction: that is the "reset the counters" signal of the Mailman
@@ -182,6 +197,7 @@ class CountingSMTPServer:
         self._lock = threading.Lock()
         self._record = _Record()
         self._probe_ports: set[int] = set()
+        self._refusals: dict[str, str] = {}
         self._controller: _Controller | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -266,6 +282,11 @@ class CountingSMTPServer:
         with self._lock:
             self._record.connections = 0
             self._record.auth_lines.clear()
+
+    def refuse_recipient(self, address: str, reply: str = "550 5.1.1 No such user") -> None:
+        """Answer RCPT TO for *address* with *reply* (a full SMTP reply line)."""
+        with self._lock:
+            self._refusals[address] = reply
 
     # -- called from the server thread -----------------------------------
 

@@ -1,0 +1,230 @@
+"""Edge cases of `Connection` beyond what the docs show."""
+
+from __future__ import annotations
+
+import email.message
+import logging
+import pickle
+import smtplib
+
+import pytest
+from zope.interface.verify import verifyClass, verifyObject
+
+from mailman_mta.config import Configuration
+from mailman_mta.connection import Connection
+from mailman_mta.errors import EnvelopeError
+from mailman_mta.interfaces import IConfiguration, IConnection, ITransport
+from mailman_mta.secret import Secret
+from mailman_mta.testing import CountingSMTPServer
+from mailman_mta.transport import SMTPTransport
+
+MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
+
+
+def send(connection: Connection, *recipients: str) -> dict:
+    return connection.sendmail("anne@example.com", list(recipients) or ["bart@example.com"], MESSAGE)
+
+
+def test_connection_provides_iconnection(mta_smtpd):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    assert verifyObject(IConnection, connection)
+    send(connection)
+    assert verifyObject(IConnection, connection)
+    assert verifyObject(ITransport, connection.transport)
+    connection.quit()
+
+
+def test_other_interfaces_are_kept():
+    assert verifyClass(ITransport, SMTPTransport)
+    assert verifyObject(IConfiguration, Configuration())
+
+
+def test_settings_left_out_follow_the_configuration_live(mta_config, mta_smtpd, mta_layers):
+    connection = Connection()
+    assert (connection.host, connection.port) == (mta_smtpd.hostname, mta_smtpd.port)
+    mta_layers.push("two-per-connection", "[mta]\nmax_sessions_per_connection: 2\n")
+    for _ in range(5):
+        assert send(connection) == {}
+    assert connection.connection_count == 3
+    assert mta_smtpd.get_connection_count() == 3
+    connection.quit()
+
+
+def test_explicit_settings_win_over_the_configuration(mta_config, mta_smtpd, mta_layers):
+    mta_layers.push("limit", "[mta]\nmax_sessions_per_connection: 1\n")
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    for _ in range(3):
+        send(connection)
+    assert connection.connection_count == 1
+    connection.quit()
+
+
+def test_an_error_closes_the_connection_and_the_next_send_reconnects(mta_config, mta_smtpd, mta_layers):
+    connection = Connection()
+    send(connection)
+    mta_smtpd.stop()
+    with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+        send(connection)
+    assert connection.transport is None
+    with CountingSMTPServer() as other:
+        mta_layers.push("moved", f"[mta]\nsmtp_port: {other.port}\n")
+        assert send(connection) == {}
+        assert other.get_connection_count() == 1
+        assert len(other.messages) == 1
+        connection.quit()
+
+
+def test_partly_refused_recipients_are_returned_as_smtplib_does(mta_smtpd):
+    mta_smtpd.refuse_recipient("cate@example.com", "550 5.1.1 No such user here")
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    refused = send(connection, "bart@example.com", "cate@example.com")
+    assert refused == {"cate@example.com": (550, b"5.1.1 No such user here")}
+    assert mta_smtpd.received[0].rcpt_tos == ("bart@example.com",)
+    connection.quit()
+
+
+def test_all_refused_raises_and_closes(mta_smtpd):
+    mta_smtpd.refuse_recipient("cate@example.com", "450 4.2.1 Try again later")
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:
+        send(connection, "cate@example.com")
+    assert caught.value.recipients == {"cate@example.com": (450, b"4.2.1 Try again later")}
+    assert connection.transport is None
+    assert mta_smtpd.messages == []
+
+
+@pytest.mark.parametrize(
+    "sender, recipients, complaint",
+    [
+        ("anne@example.com", ["bart@example.com\r\nRCPT TO:<evil@example.com>"], "recipient 1"),
+        ("anne@example.com\n", ["bart@example.com"], "sender"),
+        ("anne@example.com", ["bart@example.com", "ca\x00te@example.com"], "recipient 2"),
+        ("anne@example.com", ["john doe@example.com"], "recipient 1"),
+        ("anne@example.com", ["<bart@example.com>"], "recipient 1"),
+        ("anne@example.com", [""], "recipient 1 is empty"),
+        ("anne@example.com", [], "no recipients"),
+    ],
+)
+def test_unsafe_envelopes_are_refused_before_anything_is_sent(mta_smtpd, sender, recipients, complaint):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    with pytest.raises(EnvelopeError, match=complaint):
+        connection.sendmail(sender, recipients, MESSAGE)
+    assert mta_smtpd.get_connection_count() == 0
+
+
+def test_a_lone_recipient_string_is_one_recipient(mta_smtpd):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    assert connection.sendmail("", "bart@example.com", MESSAGE) == {}
+    assert mta_smtpd.received[0].rcpt_tos == ("bart@example.com",)
+    assert mta_smtpd.received[0].mail_from == "<>"
+    connection.quit()
+
+
+def test_message_bytes_arrive_unchanged_whatever_the_input_type(mta_smtpd):
+    raw = "From: anne@example.com\r\nSubject: caf\u00e9\r\n\r\nGr\u00fc\u00dfe, \u00e5ngstr\u00f6m\r\n".encode()
+    parsed = email.message_from_bytes(raw)
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    for message in (raw, raw.decode("utf-8"), parsed):
+        connection.sendmail("anne@example.com", ["bart@example.com"], message)
+    connection.quit()
+    contents = [received.content for received in mta_smtpd.received]
+    assert contents == [raw, raw, raw]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r", b"\r\n"])
+def test_every_line_ending_goes_out_as_crlf(mta_smtpd, ending):
+    lines = [b"Subject: smuggle", b"", b"first", b".", b"MAIL FROM:<evil@example.com>", b"last"]
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    connection.sendmail("anne@example.com", ["bart@example.com"], ending.join(lines) + ending)
+    connection.quit()
+    assert [r.content for r in mta_smtpd.received] == [b"\r\n".join(lines) + b"\r\n"]
+
+
+def test_a_message_of_the_wrong_type_is_refused(mta_smtpd):
+    with pytest.raises(EnvelopeError, match="message must be str, bytes"):
+        Connection(mta_smtpd.hostname, mta_smtpd.port, 0).sendmail("a@example.com", ["b@example.com"], 42)
+
+
+def test_quit_is_idempotent_and_a_context_manager_quits(mta_smtpd):
+    with Connection(mta_smtpd.hostname, mta_smtpd.port, 0) as connection:
+        connection.quit()
+        send(connection)
+        assert connection.transport is not None
+    assert connection.transport is None
+    connection.quit()
+
+
+def test_negative_sessions_per_connection_is_refused():
+    with pytest.raises(ValueError, match="sessions_per_connection must be 0"):
+        Connection("localhost", 25, -1)
+
+
+def test_debug_transcript_is_logged_with_auth_masked(mta_smtpd, caplog):
+    caplog.set_level(logging.DEBUG, logger="mailman_mta.transcript")
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, "testuser", "testpass")
+    connection.debug = True
+    send(connection)
+    connection.quit()
+    transcript = "\n".join(record.getMessage() for record in caplog.records)
+    assert "mail from:<anne@example.com>" in transcript.lower()
+    assert "AUTH PLAIN ***" in transcript
+    assert "testpass" not in transcript
+    assert "AHRlc3R1c2VyAHRlc3RwYXNz" not in transcript
+
+
+def test_debug_can_be_switched_off_again(mta_smtpd, caplog):
+    caplog.set_level(logging.DEBUG, logger="mailman_mta.transcript")
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, debug=True)
+    send(connection)
+    connection.debug = False
+    caplog.clear()
+    send(connection)
+    connection.quit()
+    assert caplog.records == []
+
+
+def test_login_transcript_masks_the_password_too(caplog):
+    caplog.set_level(logging.DEBUG, logger="mailman_mta.transcript")
+    with CountingSMTPServer(auth_exclude_mechanism=["PLAIN"]) as server:
+        connection = Connection(server.hostname, server.port, 0, "testuser", "testpass", debug=True)
+        send(connection)
+        connection.quit()
+        assert server.get_authentication_credentials().startswith("LOGIN")
+    transcript = "\n".join(record.getMessage() for record in caplog.records)
+    assert "AUTH LOGIN ***" in transcript
+    assert "dGVzdHBhc3M=" not in transcript  # base64("testpass")
+
+
+def test_the_password_never_shows(mta_smtpd):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, "testuser", "wrong-password")
+    with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+        send(connection)
+    assert "wrong-password" not in str(caught.value)
+    assert "wrong-password" not in repr(connection)
+    assert "wrong-password" not in repr(connection.smtp_pass)
+    assert "wrong-password" not in repr(vars(connection))
+    assert connection.smtp_pass.reveal() == "wrong-password"
+
+
+def test_a_secret_does_not_pickle():
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(Secret("hunter2"))
+    assert str(Secret("hunter2")) == "Secret('***')"
+    assert f"{Secret('hunter2')}" == "Secret('***')"
+
+
+def test_bad_credentials_close_the_connection(mta_smtpd):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, "testuser", "nope")
+    with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+        send(connection)
+    assert caught.value.smtp_code == 535
+    assert connection.transport is None
+    assert mta_smtpd.messages == []
+
+
+def test_credentials_from_the_configuration(mta_config, mta_smtpd, mta_layers):
+    mta_layers.push("auth", "[mta]\nsmtp_user: testuser\nsmtp_pass: testpass\n")
+    connection = Connection()
+    send(connection)
+    connection.quit()
+    assert mta_smtpd.received[0].authenticated_as == "testuser"

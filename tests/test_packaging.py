@@ -1,0 +1,28 @@
+"""The built wheel installs only the mailman_mta package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_holds_only_mailman_mta(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("mailman_mta-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"mailman_mta", wheel.name.split("-py3")[0] + ".dist-info"}
+    for expected in ("mailman_mta/plugins/devmode.py", "mailman_mta/schema/schema.cfg",
+                     "mailman_mta/testing/pytest_plugin.py"):
+        assert expected in names
+    entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt").decode()
+    assert "mailman_mta = mailman_mta.testing.pytest_plugin" in entry_points
+    assert "mailman-mta = mailman_mta.cli:main" in entry_points

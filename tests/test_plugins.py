@@ -1,0 +1,314 @@
+"""Plugins: discovery through entry points, switching by layers, and each hook."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from mailman_mta import hookimpl
+from mailman_mta.connection import Connection
+from mailman_mta.errors import ConfigurationError
+from mailman_mta.manager import registry
+from mailman_mta.testing import CountingSMTPServer
+from mailman_mta.transport import SMTPTransport
+
+MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
+
+SHOUT_PLUGIN = '''
+"""A third-party plugin that marks every message it sees."""
+from mailman_mta import hookimpl
+
+@hookimpl
+def mta_prepare_message(envelope):
+    envelope.message = b"X-Shout: yes\\r\\n" + envelope.message
+'''
+
+COUNTER_PLUGIN = '''
+from mailman_mta import hookimpl
+
+class Counter:
+    instances = 0
+
+    def __init__(self):
+        Counter.instances += 1
+        self.sent = 0
+
+    @hookimpl
+    def mta_delivery_result(self, error):
+        self.sent += error is None
+'''
+
+
+def write_module(path, name, source):
+    (path / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A folder on sys.path where tests install distributions and modules."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for name in [n for n in sys.modules if n.startswith("mta_test_")]:
+        del sys.modules[name]
+    registry.refresh()
+
+
+@pytest.fixture
+def shout_distribution(site):
+    """Install the distribution ``mta-shout`` declaring the entry point ``shout``."""
+    write_module(site, "mta_test_shout", SHOUT_PLUGIN)
+    info = site / "mta_shout-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mta-shout\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[mailman_mta.plugins]\nshout = mta_test_shout\n")
+    registry.refresh()
+    return "shout"
+
+
+@pytest.fixture
+def added():
+    """Add plugin objects to the registry for one test."""
+    names = []
+
+    def add(name, plugin):
+        registry.add(name, plugin)
+        names.append(name)
+        return plugin
+
+    yield add
+    for name in names:
+        registry.remove(name)
+
+
+def send(connection, recipients=("bart@example.com",)):
+    return connection.sendmail("anne@example.com", list(recipients), MESSAGE)
+
+
+def test_an_installed_entry_point_is_discovered_but_off(mta_config, mta_smtpd, shout_distribution):
+    assert "shout" in registry.names()
+    assert registry.describe("shout") == "entry point mta_test_shout from mta-shout 1.0"
+    assert "shout" not in mta_config.active_plugins
+    connection = Connection()
+    send(connection)
+    connection.quit()
+    assert "X-Shout" not in mta_smtpd.messages[0]
+
+
+def test_push_enables_an_entry_point_plugin_and_pop_disables_it(mta_config, mta_smtpd, shout_distribution):
+    connection = Connection()
+    send(connection)
+    mta_config.push("shouting", "[plugin.shout]\nenabled: yes\n")
+    assert "shout" in mta_config.active_plugins
+    send(connection)
+    mta_config.pop("shouting")
+    send(connection)
+    connection.quit()
+    assert [m["X-Shout"] for m in mta_smtpd.messages] == [None, "yes", None]
+    assert mta_smtpd.get_connection_count() == 1
+
+
+def test_a_plugin_named_by_class_path_is_made_once(mta_config, mta_smtpd, site):
+    write_module(site, "mta_test_counter", COUNTER_PLUGIN)
+    layer = "[plugin.counter]\nenabled: yes\nclass: mta_test_counter:Counter\n"
+    connection = Connection()
+    for _ in range(3):
+        with mta_config.layer("counting", layer):
+            send(connection)
+    connection.quit()
+    counter = registry.load("counter", "mta_test_counter:Counter")
+    assert type(counter).instances == 1
+    assert counter.sent == 3
+
+
+def test_delivery_results_are_observed_for_every_send(mta_config, mta_smtpd, added, mta_layers):
+    class Recorder:
+        def __init__(self):
+            self.results = []
+
+        @hookimpl
+        def mta_delivery_result(self, envelope, refused, error):
+            self.results.append((tuple(envelope.recipients), dict(refused), type(error).__name__))
+
+    recorder = added("recorder", Recorder())
+    mta_layers.push("observe", "[plugin.recorder]\nenabled: yes\n")
+    mta_smtpd.refuse_recipient("nobody@example.com", "550 5.1.1 No such user")
+    connection = Connection()
+    send(connection)
+    send(connection, ["bart@example.com", "nobody@example.com"])
+    with pytest.raises(Exception):
+        send(connection, ["nobody@example.com"])
+    connection.quit()
+    assert recorder.results == [
+        (("bart@example.com",), {}, "NoneType"),
+        (("bart@example.com", "nobody@example.com"), {"nobody@example.com": (550, b"5.1.1 No such user")}, "NoneType"),
+        (("nobody@example.com",), {"nobody@example.com": (550, b"5.1.1 No such user")}, "SMTPRecipientsRefused"),
+    ]
+
+
+def test_a_misspelt_hook_is_an_error_when_the_plugin_is_enabled(mta_config, added):
+    class Typo:
+        @hookimpl
+        def mta_prepare_mesage(self, envelope):
+            pass
+
+    added("typo", Typo())
+    with pytest.raises(ConfigurationError, match=r"\[plugin.typo\] implements a hook that does not exist.*mta_prepare_mesage"):
+        mta_config.push("typo", "[plugin.typo]\nenabled: yes\n")
+    assert "typo" not in mta_config.active_plugins
+
+
+def test_a_hook_with_a_wrong_argument_is_an_error(mta_config, added):
+    class WrongArgument:
+        @hookimpl
+        def mta_prepare_message(self, envelop):
+            pass
+
+    added("wrong", WrongArgument())
+    with pytest.raises(ConfigurationError, match=r"(?s)\[plugin.wrong\].*envelop"):
+        mta_config.push("wrong", "[plugin.wrong]\nenabled: yes\n")
+
+
+def test_one_object_cannot_be_enabled_under_two_names(mta_config, site):
+    write_module(site, "mta_test_twice", "from mailman_mta import hookimpl\n")
+    with pytest.raises(ConfigurationError, match=r"\[plugin.b\] cannot be enabled together"):
+        mta_config.push("twice", textwrap.dedent("""
+            [plugin.a]
+            enabled: yes
+            class: mta_test_twice
+            [plugin.b]
+            enabled: yes
+            class: mta_test_twice
+            """))
+
+
+def test_a_built_in_plugin_can_be_switched_off(mta_config, mta_smtpd, mta_layers):
+    mta_layers.push("devmode", "[devmode]\nenabled: yes\nrecipient: dev@example.com\n")
+    mta_layers.push("no-devmode-plugin", "[plugin.devmode]\nenabled: no\n")
+    connection = Connection()
+    send(connection)
+    mta_layers.pop("no-devmode-plugin")
+    send(connection)
+    connection.quit()
+    assert [m.rcpt_tos for m in mta_smtpd.received] == [("bart@example.com",), ("dev@example.com",)]
+
+
+def test_devmode_rewrites_after_every_other_plugin(mta_config, mta_smtpd, added, mta_layers):
+    class Forward:
+        @hookimpl
+        def mta_rewrite_recipients(self, envelope):
+            envelope.recipients.append("archive@example.com")
+
+    added("forward", Forward())
+    mta_layers.push("forward", "[plugin.forward]\nenabled: yes\n")
+    mta_layers.push("devmode", "[devmode]\nenabled: yes\nrecipient: dev@example.com\n")
+    connection = Connection()
+    send(connection)
+    connection.quit()
+    assert mta_smtpd.received[0].rcpt_tos == ("dev@example.com", "dev@example.com")
+
+
+def test_a_rewrite_to_an_unsafe_address_is_refused(mta_config, mta_smtpd, added, mta_layers):
+    class Inject:
+        @hookimpl
+        def mta_rewrite_recipients(self, envelope):
+            envelope.recipients = ["x@example.com>\r\nDATA"]
+
+    added("inject", Inject())
+    mta_layers.push("inject", "[plugin.inject]\nenabled: yes\n")
+    with pytest.raises(ValueError, match="recipient 1"):
+        send(Connection())
+    assert mta_smtpd.get_connection_count() == 0
+
+
+def test_a_transport_plugin_chooses_the_relay(mta_config, mta_smtpd, added, mta_layers):
+    with CountingSMTPServer() as relay:
+        class Relay:
+            @hookimpl(tryfirst=True)
+            def mta_create_transport(self, connection):
+                transport = SMTPTransport()
+                transport.connect(relay.hostname, relay.port)
+                return transport
+
+        added("relay", Relay())
+        mta_layers.push("relay", "[plugin.relay]\nenabled: yes\n")
+        connection = Connection()
+        send(connection)
+        connection.quit()
+        assert len(relay.messages) == 1
+    assert mta_smtpd.messages == []
+
+
+def test_no_transport_is_a_clear_error(mta_config, mta_layers):
+    mta_layers.push("no-smtp", "[plugin.smtp]\nenabled: no\n")
+    with pytest.raises(Exception, match=r"no enabled plugin opened a connection.*\[plugin.smtp\]"):
+        send(Connection())
+
+
+def test_an_authentication_plugin_replaces_the_built_in_one(mta_config, mta_smtpd, added, mta_layers):
+    class Token:
+        calls = 0
+
+        @hookimpl
+        def mta_authenticate(self, transport):
+            Token.calls += 1
+            return True
+
+    added("token", Token())
+    mta_layers.push("auth", "[mta]\nsmtp_user: testuser\nsmtp_pass: testpass\n")
+    mta_layers.push("token", "[plugin.token]\nenabled: yes\n")
+    connection = Connection()
+    send(connection)
+    connection.quit()
+    assert Token.calls == 1
+    assert mta_smtpd.get_authentication_credentials() is None
+    assert mta_smtpd.received[0].authenticated_as is None
+
+
+def test_any_session_policy_can_close_the_connection(mta_config, mta_smtpd, added, mta_layers):
+    class OneShot:
+        @hookimpl
+        def mta_session_allowed(self, connection):
+            return connection.session_count < 1
+
+    added("oneshot", OneShot())
+    mta_layers.push("oneshot", "[plugin.oneshot]\nenabled: yes\n")
+    connection = Connection()
+    for _ in range(3):
+        send(connection)
+    connection.quit()
+    assert connection.connection_count == 3
+    assert mta_smtpd.get_connection_count() == 3
+
+
+def test_plugin_check_config_refuses_a_layer(mta_config, added):
+    class Strict:
+        @hookimpl
+        def mta_check_config(self, config):
+            if config.settings.mta.smtp_port == 26:
+                raise ConfigurationError("[mta] smtp_port 26 is not allowed here", section="mta", key="smtp_port")
+
+    added("strict", Strict())
+    mta_config.push("strict", "[plugin.strict]\nenabled: yes\n")
+    try:
+        with pytest.raises(ConfigurationError, match="config layer 'port': .*26 is not allowed"):
+            mta_config.push("port", "[mta]\nsmtp_port: 26\n")
+        assert mta_config.layers[-1] == "strict"
+    finally:
+        mta_config.pop("strict")
+
+
+def test_removing_an_added_plugin_takes_effect(mta_config, added):
+    added("gone", object())
+    mta_config.push("gone", "[plugin.gone]\nenabled: yes\n")
+    try:
+        assert "gone" in mta_config.active_plugins
+        registry.remove("gone")
+        with pytest.raises(ConfigurationError, match="no plugin called 'gone'"):
+            mta_config.active_plugins
+    finally:
+        registry.add("gone", object())
+        mta_config.pop("gone")

@@ -1,0 +1,80 @@
+"""The test server itself: ports, counting, resets, AUTH, recording."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from mailman_mta.testing import CountingSMTPServer
+
+
+def test_port_zero_binds_a_real_free_port_and_the_probe_is_not_counted():
+    with CountingSMTPServer() as one, CountingSMTPServer() as two:
+        assert one.port != 0 and two.port != 0 and one.port != two.port
+        assert one.get_connection_count() == 0
+        with smtplib.SMTP(one.hostname, one.port) as client:
+            client.noop()
+        assert one.get_connection_count() == 1
+        assert two.get_connection_count() == 0
+
+
+def test_rset_before_hello_resets_but_a_transaction_rset_does_not(mta_smtpd):
+    with smtplib.SMTP(mta_smtpd.hostname, mta_smtpd.port) as client:
+        client.ehlo()
+        client.rset()
+    assert mta_smtpd.get_connection_count() == 1
+    client = smtplib.SMTP(mta_smtpd.hostname, mta_smtpd.port)
+    client.docmd("RSET")
+    assert mta_smtpd.get_connection_count() == 0
+    client.close()
+
+
+def test_auth_is_recorded_as_sent_and_checked(mta_smtpd):
+    with smtplib.SMTP(mta_smtpd.hostname, mta_smtpd.port) as client:
+        client.ehlo()
+        assert client.has_extn("auth")
+        assert set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("testuser", "wrong")
+        client.login("testuser", "testpass")
+    assert mta_smtpd.get_authentication_credentials() == "PLAIN AHRlc3R1c2VyAHRlc3RwYXNz"
+    mta_smtpd.reset()
+    assert mta_smtpd.get_authentication_credentials() is None
+
+
+def test_other_credentials_and_no_auth_at_all():
+    with CountingSMTPServer(credentials={"anne": "s3cret"}) as server:
+        with smtplib.SMTP(server.hostname, server.port) as client:
+            client.login("anne", "s3cret")
+    with CountingSMTPServer(credentials=None) as server:
+        with smtplib.SMTP(server.hostname, server.port) as client:
+            client.ehlo()
+            assert not client.has_extn("auth")
+            with pytest.raises(smtplib.SMTPNotSupportedError):
+                client.login("testuser", "testpass")
+
+
+def test_messages_are_recorded_and_cleared(mta_smtpd):
+    with smtplib.SMTP(mta_smtpd.hostname, mta_smtpd.port) as client:
+        client.sendmail("anne@example.com", ["bart@example.com", "cate@example.com"], b"Subject: hi\r\n\r\nbody\r\n")
+    (message,) = mta_smtpd.messages
+    assert message["X-MailFrom"] == "anne@example.com"
+    assert message["X-RcptTo"] == "bart@example.com, cate@example.com"
+    assert message["X-Peer"].startswith("('127.0.0.1'")
+    assert mta_smtpd.received[0].content == b"Subject: hi\r\n\r\nbody\r\n"
+    mta_smtpd.clear()
+    assert mta_smtpd.messages == [] and mta_smtpd.received == []
+
+
+def test_start_twice_is_an_error_and_stop_frees_the_port():
+    server = CountingSMTPServer().start()
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+        port = server.port
+    finally:
+        server.stop()
+    server.stop()
+    with pytest.raises(OSError):
+        smtplib.SMTP(server.hostname, port, timeout=2)
