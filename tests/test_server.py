@@ -76,5 +76,17 @@ def test_start_twice_is_an_error_and_stop_frees_the_port():
     finally:
         server.stop()
     server.stop()
+    assert server.port == port
     with pytest.raises(OSError):
         smtplib.SMTP(server.hostname, port, timeout=2)
+
+
+def test_a_restart_listens_on_the_same_port():
+    with CountingSMTPServer() as server:
+        port = server.port
+        server.stop()
+        server.start()
+        assert server.port == port
+        with smtplib.SMTP(server.hostname, port) as client:
+            client.noop()
+        assert server.get_connection_count() == 1

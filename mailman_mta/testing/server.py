@@ -204,7 +204,11 @@ class CountingSMTPServer:
 
     @property
     def port(self) -> int:
-        """The port the server listens on (after `start`)."""
+        """The port the server listens on, or last listened on.
+
+        After `stop`, `start` listens on this same port again, so a test can
+        restart "the same" server under a client.
+        """
         if self._controller is None:
             return self._requested_port
         return self._controller.port
@@ -235,6 +239,7 @@ class CountingSMTPServer:
         """Stop listening and close every client connection."""
         controller, self._controller = self._controller, None
         if controller is not None:
+            self._requested_port = controller.port
             controller.stop()
 
     def __enter__(self) -> CountingSMTPServer:
