@@ -50,6 +50,7 @@ from .interfaces import IConfiguration
 from .manager import BUILTIN_PLUGINS, PluginRegistry, build_plugin_manager
 from .manager import registry as default_registry
 from .secret import Secret
+from .tls import SECURE_MODES, TLS_VERSIONS
 
 #: The schema shipped with mailman-mta.
 SCHEMA_FILE = importlib.resources.files("mailman_mta.schema").joinpath("schema.cfg")
@@ -102,6 +103,43 @@ def as_flag(value: str) -> bool:
         ) from None
 
 
+def as_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{value!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def as_positive_seconds(value: str) -> float:
+    seconds = as_seconds(value)
+    if seconds == 0:
+        raise ValueError(f"{value!r} must be more than 0 seconds")
+    return seconds
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def as_choice(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return as_choice
+
+
+def as_existing_file(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"{value!r} is not a readable file")
+    return value
+
+
+def as_existing_directory(value: str) -> str:
+    if value and not Path(value).is_dir():
+        raise ValueError(f"{value!r} is not a directory")
+    return value
+
+
 def as_secret(value: str) -> Secret:
     return Secret(value)
 
@@ -134,6 +172,17 @@ CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {
         "smtp_user": as_text,
         "smtp_pass": as_secret,
         "max_sessions_per_connection": as_count,
+        "max_connection_age": as_seconds,
+        "noop_after_idle": as_seconds,
+        "max_idle_time": as_seconds,
+        "connect_timeout": as_positive_seconds,
+        "command_timeout": as_positive_seconds,
+        "secure_mode": one_of(*SECURE_MODES),
+        "verify_cert": as_flag,
+        "verify_hostname": as_flag,
+        "ca_file": as_existing_file,
+        "ca_path": as_existing_directory,
+        "tls_min_version": one_of(*TLS_VERSIONS),
     },
     "devmode": {
         "enabled": as_flag,
@@ -442,8 +491,9 @@ class Configuration:
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; known: {', '.join(sorted(choices))}"
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; known: {', '.join(sorted(choices))}"
 
 
 #: The default configuration, used by every `Connection` given no other.

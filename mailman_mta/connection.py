@@ -3,39 +3,70 @@
 Opening an SMTP connection costs a TCP handshake, a greeting, EHLO and
 perhaps TLS and AUTH; a list server sending thousands of messages wants to
 pay that once per many messages, but not forever (relays limit how long a
-connection may live).  `Connection` keeps one open and asks the enabled
-plugins, before each send, whether it may carry another session.
+connection may live, and drop idle ones).  `Connection` keeps one open and
+asks the enabled plugins, before each send, whether it may carry another
+session.
 
 Everything a send does beyond the SMTP transaction itself is a hook call
-(see `mailman_mta.hookspecs`): the built-in behaviour (the session limit,
-AUTH, devmode) is supplied by plugins in `mailman_mta.plugins`, switched on
-and off by configuration layers that are read at each send.
+(see `mailman_mta.hookspecs`): the built-in behaviour (the session limits,
+liveness checks, AUTH, devmode) is supplied by plugins in
+`mailman_mta.plugins`, switched on and off by configuration layers that are
+read at each send.
 """
 
 from __future__ import annotations
 
+import logging
 import smtplib
+import ssl
 import time
 from typing import Any
 
 from zope.interface import implementer
 
-from .config import Configuration
+from . import esmtp, tls
+from .config import Configuration, converter_for
 from .config import config as default_config
 from .envelope import Envelope, MessageInput
-from .errors import NoTransportError
+from .errors import NoTransportError, SMTPTimeoutError, UnsendableMessageError
 from .interfaces import IConnection, ITransport
 from .secret import Secret
 
+log = logging.getLogger("mailman_mta.connection")
+
 RefusedRecipients = dict[str, tuple[int, bytes]]
+
+# Constructor arguments whose names differ from their [mta] keys.
+_ARGUMENT_KEYS = {
+    "host": "smtp_host",
+    "port": "smtp_port",
+    "sessions_per_connection": "max_sessions_per_connection",
+}
+
+
+def failed_before_data(error: BaseException, transport: Any) -> bool:
+    """Is *error* a lost connection that certainly came before any message data?
+
+    Only then can the message be sent again on a new connection without any
+    chance of delivering it twice.  A transport that cannot say whether data
+    was sent (no ``message_data_sent``) is taken to have sent it.
+    """
+    if getattr(transport, "message_data_sent", True):
+        return False
+    if isinstance(error, SMTPTimeoutError):
+        return False
+    if isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError)):
+        return True
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return bool(error.recipients) and all(code == 421 for code, _ in error.recipients.values())
+    return isinstance(error, smtplib.SMTPResponseException) and error.smtp_code == 421
 
 
 @implementer(IConnection)
 class Connection:
     """A lazily opened, reused connection to an SMTP server.
 
-    :param host: the SMTP server; None means ``[mta] smtp_host`` of the
-        configuration at the time each connection is opened.
+    :param host: the SMTP server; None means ``[mta] smtp_host``.
     :param port: its port; None means ``[mta] smtp_port``.
     :param sessions_per_connection: sessions before the connection is
         replaced, 0 for no limit; None means
@@ -46,10 +77,16 @@ class Connection:
     :param config: the `Configuration` to follow; the module-level default
         when None.
     :param debug: log the SMTP conversation (see `IConnection.debug`).
+    :param ssl_context: a client `ssl.SSLContext` to use instead of one
+        built from the TLS settings.
+    :param settings: any other ``[mta]`` key (``secure_mode``,
+        ``verify_cert``, ``command_timeout``, ...), overriding the
+        configuration for this connection.
 
-    The arguments that are given win over the configuration; those left as
-    None follow it live, so a layer pushed later takes effect on the next
-    connection.  A `Connection` is not thread-safe: use one per thread.
+    Arguments that are given win over the configuration, and are checked
+    the same way; those left out follow it live, so a layer pushed later
+    takes effect on the next connection.  A `Connection` is not
+    thread-safe: use one per thread.
     """
 
     def __init__(
@@ -62,49 +99,75 @@ class Connection:
         *,
         config: Configuration | None = None,
         debug: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        **settings: Any,
     ) -> None:
-        if sessions_per_connection is not None and sessions_per_connection < 0:
-            raise ValueError(
-                f"sessions_per_connection must be 0 (no limit) or more, not {sessions_per_connection}"
-            )
         self.config = config if config is not None else default_config
-        self._host = host
-        self._port = None if port is None else int(port)
-        self._sessions_per_connection = sessions_per_connection
-        self._smtp_user = smtp_user
-        self._smtp_pass = None if smtp_pass is None else Secret(smtp_pass)
+        given = dict(settings, host=host, port=port, sessions_per_connection=sessions_per_connection,
+                     smtp_user=smtp_user, smtp_pass=smtp_pass)
+        self._explicit = {
+            _ARGUMENT_KEYS.get(name, name): self._check_argument(name, value)
+            for name, value in given.items()
+            if value is not None
+        }
+        self._ssl_context = ssl_context
         self._debug = bool(debug)
         self.transport: ITransport | None = None
         self.session_count = 0
         self.connection_count = 0
         self.connected_at: float | None = None
+        self.last_used_at: float | None = None
+
+    def _check_argument(self, name: str, value: Any) -> Any:
+        key = _ARGUMENT_KEYS.get(name, name)
+        if key not in self.config.settings.mta:
+            raise TypeError(f"Connection() got an unexpected keyword argument {name!r}")
+        if key == "smtp_pass":
+            return Secret(value)
+        text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+        try:
+            return converter_for("mta", key)(text)
+        except ValueError as error:
+            raise ValueError(f"Connection({name}=...): {error}") from None
 
     # -- settings: explicit, else the configuration's --------------------
 
+    def setting(self, key: str) -> Any:
+        """The value of ``[mta] key`` for this connection."""
+        try:
+            return self._explicit[key]
+        except KeyError:
+            return self.config.settings.mta[key]
+
     @property
     def host(self) -> str:
-        return self._host if self._host is not None else self.config.settings.mta.smtp_host
+        return self.setting("smtp_host")
 
     @property
     def port(self) -> int:
-        return self._port if self._port is not None else self.config.settings.mta.smtp_port
+        return self.setting("smtp_port")
 
     @property
     def sessions_per_connection(self) -> int:
-        if self._sessions_per_connection is not None:
-            return self._sessions_per_connection
-        return self.config.settings.mta.max_sessions_per_connection
+        return self.setting("max_sessions_per_connection")
 
     @property
     def smtp_user(self) -> str:
-        return self._smtp_user if self._smtp_user is not None else self.config.settings.mta.smtp_user
+        return self.setting("smtp_user")
 
     @property
     def smtp_pass(self) -> Secret | None:
-        if self._smtp_pass is not None:
-            return self._smtp_pass
-        configured = self.config.settings.mta.smtp_pass
-        return configured if configured else None
+        password = self.setting("smtp_pass")
+        return password if password else None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client context for TLS: the one given, or one built from the settings."""
+        if self._ssl_context is not None:
+            return self._ssl_context
+        return tls.client_context(
+            self.setting("verify_cert"), self.setting("verify_hostname"),
+            self.setting("ca_file"), self.setting("ca_path"), self.setting("tls_min_version"),
+        )
 
     @property
     def debug(self) -> bool:
@@ -118,8 +181,10 @@ class Connection:
 
     def __repr__(self) -> str:
         state = f"{self.session_count} sessions" if self.transport is not None else "closed"
-        user = f", smtp_user={self._smtp_user!r}" if self._smtp_user else ""
-        return f"<Connection {self._host or '[mta]'}:{self._port or '[mta]'}{user}, {state}>"
+        where = f"{self._explicit.get('smtp_host', '[mta]')}:{self._explicit.get('smtp_port', '[mta]')}"
+        user = self._explicit.get("smtp_user")
+        shown_user = f", smtp_user={user!r}" if user else ""
+        return f"<Connection {where}{shown_user}, {state}>"
 
     # -- sending ---------------------------------------------------------
 
@@ -130,9 +195,16 @@ class Connection:
         msgtext: MessageInput,
     ) -> RefusedRecipients:
         """Send one message; see `IConnection.sendmail`."""
+        return self.send(Envelope.build(envsender, recipients, msgtext))
+
+    def send(self, envelope: Envelope) -> RefusedRecipients:
+        """Send an `Envelope` built by the caller; otherwise as `sendmail`.
+
+        The envelope is rewritten in place by the plugins, so afterwards it
+        shows what was actually sent.
+        """
         config = self.config
         hook = config.hook
-        envelope = Envelope.build(envsender, recipients, msgtext)
         hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
         envelope.check()
         hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
@@ -140,25 +212,45 @@ class Connection:
             self.quit()
         refused: RefusedRecipients = {}
         try:
-            if self.transport is None:
-                self._connect(config, hook)
-            refused = self.transport.sendmail(
-                envelope.sender, envelope.recipients, envelope.message,
-                envelope.mail_options, envelope.rcpt_options,
-            )
+            refused = self._send_with_one_retry(config, hook, envelope)
+        except UnsendableMessageError as error:
+            # Refused here, before MAIL FROM: the connection is still good.
+            hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
+                                     refused=refused, error=error)
+            raise
         except (smtplib.SMTPException, OSError) as error:
             self.close()
             if isinstance(error, smtplib.SMTPRecipientsRefused):
                 refused = dict(error.recipients)
-            hook.mta_delivery_result(
-                config=config, connection=self, envelope=envelope, refused=refused, error=error
-            )
+            hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
+                                     refused=refused, error=error)
             raise
         self.session_count += 1
-        hook.mta_delivery_result(
-            config=config, connection=self, envelope=envelope, refused=refused, error=None
-        )
+        self.last_used_at = time.monotonic()
+        hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
+                                 refused=refused, error=None)
         return refused
+
+    def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> RefusedRecipients:
+        reused = self.transport is not None
+        try:
+            return self._transact(config, hook, envelope)
+        except (smtplib.SMTPException, OSError) as error:
+            if not (reused and failed_before_data(error, self.transport)):
+                raise
+            log.info("%s:%s dropped a reused connection before the message was sent (%s); "
+                     "sending it on a new connection", self.host, self.port, error)
+            self.close()
+            return self._transact(config, hook, envelope)
+
+    def _transact(self, config: Configuration, hook: Any, envelope: Envelope) -> RefusedRecipients:
+        if self.transport is None:
+            self._connect(config, hook)
+        transport = self.transport
+        transport.ehlo_or_helo_if_needed()
+        options = esmtp.mail_options(envelope, transport)
+        return transport.sendmail(envelope.sender, envelope.recipients, envelope.message,
+                                  options, envelope.rcpt_options)
 
     def _connect(self, config: Configuration, hook: Any) -> None:
         transport = hook.mta_create_transport(config=config, connection=self)
@@ -170,7 +262,7 @@ class Connection:
         self.transport = transport
         self.session_count = 0
         self.connection_count += 1
-        self.connected_at = time.monotonic()
+        self.connected_at = self.last_used_at = time.monotonic()
         try:
             hook.mta_authenticate(config=config, connection=self, transport=transport)
         except BaseException:
@@ -184,6 +276,11 @@ class Connection:
         transport = self.transport
         if transport is None:
             return
+        sock = getattr(transport, "sock", None)
+        if sock is not None:
+            # Saying goodbye to a server that stopped answering should not
+            # take the whole command timeout.
+            sock.settimeout(min(sock.gettimeout() or float("inf"), self.setting("connect_timeout")))
         try:
             transport.quit()
         except (smtplib.SMTPException, OSError):

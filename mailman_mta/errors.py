@@ -8,6 +8,8 @@ SMTP: bad configuration and bad input.
 
 from __future__ import annotations
 
+import smtplib
+
 
 class MTAError(Exception):
     """Base class of every exception mailman-mta raises itself."""
@@ -43,3 +45,41 @@ class EnvelopeError(MTAError, ValueError):
 
 class NoTransportError(MTAError):
     """No enabled plugin was able to open a connection to the MTA."""
+
+
+class MTAConnectionError(MTAError, OSError):
+    """The MTA could not be reached, or the connection could not be secured.
+
+    A subclass of `OSError`, which is what socket failures raise, so code
+    that already handles those keeps working.  The message names the host
+    and port.
+    """
+
+
+class TLSError(MTAConnectionError):
+    """TLS was required and could not be set up (not offered, or refused)."""
+
+
+class SMTPTimeoutError(MTAError, smtplib.SMTPServerDisconnected):
+    """The MTA did not answer in time.
+
+    A subclass of `smtplib.SMTPServerDisconnected`, since the connection is
+    closed when it happens.  The message names the host, the port, the
+    command that went unanswered and the timeout.
+    """
+
+
+class UnsendableMessageError(MTAError, smtplib.SMTPResponseException):
+    """The message cannot be sent to this server as it is, so it was not.
+
+    Raised before MAIL FROM, with an SMTP-style code that says why:
+    552 for a message larger than the server's SIZE, 554 for 8-bit content
+    when the server lacks 8BITMIME, 553 for non-ASCII addresses when it
+    lacks SMTPUTF8.  Nothing is rewritten to make it fit.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        smtplib.SMTPResponseException.__init__(self, code, message)
+
+    def __str__(self) -> str:
+        return f"{self.smtp_code} {self.smtp_error}"

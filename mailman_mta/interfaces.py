@@ -47,6 +47,23 @@ class IConnection(Interface):
     connected_at = Attribute(
         "time.monotonic() when the open connection was made, or None."
     )
+    last_used_at = Attribute(
+        "time.monotonic() when the open connection last finished a session "
+        "(or was opened), or None."
+    )
+
+    def setting(key):
+        """The value of ``[mta] key`` for this connection, typed.
+
+        The constructor argument when one was given, else the active
+        configuration's value at the time of the call.
+        """
+
+    def tls_context():
+        """The client ssl.SSLContext for TLS on this connection."""
+
+    def send(envelope):
+        """Send a `mailman_mta.envelope.Envelope`; otherwise like `sendmail`."""
 
     def sendmail(envsender, recipients, msgtext):
         """Send one message in one session, opening a connection if needed.
@@ -74,10 +91,13 @@ class IConnection(Interface):
 
 
 class ITransport(Interface):
-    """An open, greeted SMTP client connection, as made by a transport plugin.
+    """An open SMTP client connection, as made by a transport plugin.
 
     `smtplib.SMTP` provides it; a plugin may return anything else that does
-    (a pipelining client, a client for a relay with failover).
+    (a pipelining client, a client for a relay with failover).  A transport
+    may also have a boolean ``message_data_sent``, true once the current
+    transaction has started sending message data; without it, a lost
+    connection is never retried, since the message might have been sent.
     """
 
     def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
@@ -91,6 +111,10 @@ class ITransport(Interface):
 
     def ehlo_or_helo_if_needed():
         """Send EHLO (or HELO) unless that was done on this connection."""
+
+    esmtp_features = Attribute(
+        "The ESMTP extensions the server offered at EHLO: lower-case name -> parameters."
+    )
 
     def has_extn(name):
         """Return true if the server offered the ESMTP extension *name*."""

@@ -155,8 +155,17 @@ def test_quit_is_idempotent_and_a_context_manager_quits(mta_smtpd):
 
 
 def test_negative_sessions_per_connection_is_refused():
-    with pytest.raises(ValueError, match="sessions_per_connection must be 0"):
+    with pytest.raises(ValueError, match=r"Connection\(sessions_per_connection=...\): '-1' is not a count"):
         Connection("localhost", 25, -1)
+
+
+def test_keyword_settings_are_checked_like_configuration_values():
+    with pytest.raises(ValueError, match=r"Connection\(secure_mode=...\): 'tls' is not one of smtp, smtps, starttls"):
+        Connection("localhost", 25, 0, secure_mode="tls")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'smtp_hots'"):
+        Connection(smtp_hots="x")
+    connection = Connection("localhost", "2525", 0, command_timeout=2, verify_cert=False)
+    assert (connection.port, connection.setting("command_timeout"), connection.setting("verify_cert")) == (2525, 2.0, False)
 
 
 def test_debug_transcript_is_logged_with_auth_masked(mta_smtpd, caplog):

@@ -1,0 +1,59 @@
+"""Built-in plugin ``liveness``: do not send on a connection the server dropped.
+
+Relays close idle connections (Amazon SES and friends do it within
+seconds), and the client only finds out on its next command.  Before a
+connection is reused this plugin checks, in order of cost:
+
+1. idle longer than ``[mta] max_idle_time``: replace it without asking;
+2. anything waiting to be read, such as the end of the stream or a
+   ``421`` sent before closing: the server has hung up, replace it;
+3. idle longer than ``[mta] noop_after_idle``: send NOOP (waiting at most
+   ``connect_timeout``) and replace it unless the answer is 250.
+
+A drop that slips past these (between the check and MAIL FROM) is still
+caught: `Connection` retries on a new connection when the failure certainly
+came before any message data was sent.
+"""
+
+import select
+import smtplib
+import time
+
+from mailman_mta import hookimpl
+
+
+def has_pending_input(transport) -> bool:
+    """True if the server has said something (or hung up) unprompted."""
+    sock = getattr(transport, "sock", None)
+    if sock is None:
+        return getattr(transport, "file", None) is None and hasattr(transport, "sock")
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
+@hookimpl
+def mta_session_allowed(connection):
+    transport = connection.transport
+    idle = time.monotonic() - connection.last_used_at
+    max_idle = connection.setting("max_idle_time")
+    if max_idle and idle > max_idle:
+        return False
+    if has_pending_input(transport):
+        return False
+    noop_after = connection.setting("noop_after_idle")
+    if noop_after and idle > noop_after:
+        sock = transport.sock
+        timeout = sock.gettimeout()
+        sock.settimeout(connection.setting("connect_timeout"))
+        try:
+            code, _ = transport.noop()
+        except (smtplib.SMTPException, OSError):
+            return False
+        finally:
+            if transport.sock is not None:
+                transport.sock.settimeout(timeout)
+        return code == 250
+    return None
