@@ -73,7 +73,12 @@ class SMTPTransport(smtplib.SMTP):
         # TLS checks the certificate against that remembered name.
         self._host, self._port = host, port
         self.last_command = "the greeting"
-        return super().connect(host, port, source_address)
+        code, reply = super().connect(host, port, source_address)
+        if code != 220:
+            # smtplib checks the greeting only when connecting from __init__.
+            self.close()
+            raise smtplib.SMTPConnectError(code, reply)
+        return code, reply
 
     def _get_socket(self, host, port, timeout):
         if self.debuglevel > 0:
@@ -129,6 +134,55 @@ class SMTPTransport(smtplib.SMTP):
     def putcmd(self, cmd, args=""):
         self.last_command = cmd.upper()
         super().putcmd(cmd, args)
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
+        """Run one transaction; the contract of `smtplib.SMTP.sendmail`.
+
+        Written out here because smtplib decides "every recipient refused"
+        by comparing a dict of refusals, keyed by address, with the list of
+        recipients: with a recipient listed twice (devmode sends one copy per
+        original recipient) it never sees that all were refused, goes on to
+        DATA and reports a misleading error.  This counts acceptances.
+        """
+        self.ehlo_or_helo_if_needed()
+        if isinstance(to_addrs, str):
+            to_addrs = [to_addrs]
+        if isinstance(msg, str):
+            msg = "\r\n".join(msg.splitlines()).encode("ascii") + b"\r\n"
+        options = []
+        if self.does_esmtp:
+            if self.has_extn("size"):
+                options.append(f"SIZE={len(msg)}")
+            options.extend(mail_options)
+        code, reply = self.mail(from_addr, options)
+        if code != 250:
+            self._end_failed_transaction(code)
+            raise smtplib.SMTPSenderRefused(code, reply, from_addr)
+        refused = {}
+        accepted = 0
+        for recipient in to_addrs:
+            code, reply = self.rcpt(recipient, rcpt_options)
+            if code in (250, 251):
+                accepted += 1
+                continue
+            refused[recipient] = (code, reply)
+            if code == 421:
+                self.close()
+                raise smtplib.SMTPRecipientsRefused(refused)
+        if not accepted:
+            self._end_failed_transaction(code)
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, reply = self.data(msg)
+        if code != 250:
+            self._end_failed_transaction(code)
+            raise smtplib.SMTPDataError(code, reply)
+        return refused
+
+    def _end_failed_transaction(self, code: int) -> None:
+        if code == 421:
+            self.close()  # the server is closing the connection anyway
+        else:
+            self._rset()
 
     def mail(self, sender, options=()):
         self.message_data_sent = False

@@ -6,6 +6,6 @@ is registered through the ``pytest11`` entry point and gives every test
 session the ``mta_smtpd`` and ``mta_config`` fixtures.
 """
 
-from .server import DEFAULT_CREDENTIALS, CountingSMTPServer, ReceivedMessage
+from .server import DEFAULT_CREDENTIALS, FAULT_POINTS, CountingSMTPServer, Fault, ReceivedMessage
 
-__all__ = ["DEFAULT_CREDENTIALS", "CountingSMTPServer", "ReceivedMessage"]
+__all__ = ["DEFAULT_CREDENTIALS", "FAULT_POINTS", "CountingSMTPServer", "Fault", "ReceivedMessage"]

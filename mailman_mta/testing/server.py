@@ -14,11 +14,13 @@ headers (aiosmtpd's convention) and as raw bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 from typing import Any
@@ -57,12 +59,44 @@ class ReceivedMessage:
     authenticated_as: str | None = None
 
 
+#: Where in the conversation `CountingSMTPServer.script` can inject a fault:
+#: before the greeting, at each command, after the 354 while the message is
+#: arriving, and after its final dot (instead of the "250 OK").
+FAULT_POINTS = (
+    "CONNECT", "HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
+    "MID-DATA", "END-OF-DATA", "NOOP", "RSET", "QUIT",
+)
+
+#: A "hang" fault stops answering for this long at most; the client's own
+#: timeout, or the server's stop(), normally ends it first.
+HANG_SECONDS = 120.0
+
+_REPLY = re.compile(r"^[2-5]\d\d[ -]")
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour; see `CountingSMTPServer.script`."""
+
+    point: str
+    reply: str | None = None
+    close: bool = False
+    delay: float = 0.0
+    hang: bool = False
+    accept: bool = False
+    times: int = 1
+
+    def replaces_answer(self) -> bool:
+        return bool(self.reply or self.close or self.hang)
+
+
 @dataclass
 class _Record:
     connections: int = 0
     auth_lines: list[str] = field(default_factory=list)
     messages: list[EmailMessage] = field(default_factory=list)
     received: list[ReceivedMessage] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
 
 
 class _Handler(Message):
@@ -73,6 +107,23 @@ class _Handler(Message):
         self.server = server
 
     async def handle_DATA(self, server, session, envelope) -> str:
+        fault = self.server._take_fault("END-OF-DATA")
+        if fault is None:
+            self._record(session, envelope)
+            return "250 OK"
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.accept or not fault.replaces_answer():
+            self._record(session, envelope)
+        if fault.hang:
+            await server._hang()
+        if fault.reply and fault.close:
+            await server.push(fault.reply)
+        if fault.close:
+            await server._drop()
+        return fault.reply or "250 OK"
+
+    def _record(self, session, envelope) -> None:
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         received = ReceivedMessage(
             mail_from=envelope.mail_from,
@@ -85,17 +136,17 @@ class _Handler(Message):
         )
         message = self.prepare_message(session, envelope)
         self.server._on_message(received, message)
-        return "250 OK"
 
     def handle_message(self, message: EmailMessage) -> None:  # pragma: no cover - handle_DATA does it
         raise AssertionError("not used")
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
         session.host_name = hostname
+        hidden = set(self.server.hidden_extensions)
         if self.server.credentials is None:
             # aiosmtpd would still offer an empty "AUTH" line.
-            responses = [line for line in responses if not line.startswith("250-AUTH")]
-        return responses
+            hidden.add("AUTH")
+        return [line for line in responses if line[4:].split(" ", 1)[0].upper() not in hidden]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         reply = self.server._refusals.get(address)
@@ -122,12 +173,98 @@ class _CountingSMTP(SMTP):
         self._counting_server = handler.server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
         super().connection_made(transport)
-        self._counting_server._on_connection(transport.get_extra_info("peername"))
+        if first:  # not the STARTTLS upgrade of a connection already counted
+            self._counting_server._on_connection(self, transport.get_extra_info("peername"))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._counting_server._live.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        fault = self._counting_server._take_fault("CONNECT")
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.hang:
+                await self._hang()
+            if fault.replaces_answer():
+                # A refusal instead of the greeting always ends the connection.
+                if fault.reply:
+                    await self.push(fault.reply)
+                await self._drop()
+                return
+        await super()._handle_client()
+
+    async def _fault(self, point: str) -> bool:
+        """Apply a scripted fault at *point*; True if it replaced the answer."""
+        fault = self._counting_server._take_fault(point)
+        if fault is None:
+            return False
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.hang:
+            await self._hang()
+        if fault.reply:
+            await self.push(fault.reply)
+        if fault.close:
+            await self._drop()
+        return fault.replaces_answer()
+
+    async def _hang(self) -> None:
+        try:
+            await asyncio.sleep(HANG_SECONDS)
+        finally:
+            # Also when cancelled (the client left, or the server stops).
+            if self.transport is not None:
+                self.transport.abort()
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Close the connection at once, and wait to be cancelled by it."""
+        if self.transport is not None:
+            self.transport.abort()
+        await asyncio.sleep(1)
 
     async def smtp_AUTH(self, arg: str) -> None:
         self._counting_server._on_auth(arg)
-        await super().smtp_AUTH(arg)
+        self._counting_server._on_command("AUTH")
+        if not await self._fault("AUTH"):
+            await super().smtp_AUTH(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._counting_server._on_command("DATA")
+        if await self._fault("DATA"):
+            return
+        fault = self._counting_server._take_fault("MID-DATA")
+        if fault is None or not self.envelope.rcpt_tos:
+            await super().smtp_DATA(arg)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self._reader.readuntil(b"\r\n")
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.hang:
+            await self._hang()
+        await self._drop()
+
+
+def _with_faults(verb: str):
+    """Wrap aiosmtpd's handler of *verb* so scripted faults can replace it."""
+    original = getattr(SMTP, f"smtp_{verb}")
+
+    @functools.wraps(original)
+    async def smtp_verb(self: _CountingSMTP, arg: str) -> None:
+        self._counting_server._on_command(verb)
+        if not await self._fault(verb):
+            await original(self, arg)
+
+    return smtp_verb
+
+
+for _verb in ("HELO", "EHLO", "STARTTLS", "MAIL", "RCPT", "NOOP", "RSET", "QUIT"):
+    setattr(_CountingSMTP, f"smtp_{_verb}", _with_faults(_verb))
 
 
 class _Controller(Controller):
@@ -170,6 +307,8 @@ class CountingSMTPServer:
         Anything else gets ``535 5.7.8`` and the client raises
         `smtplib.SMTPAuthenticationError`.
     :param ssl_context: a server-side context for implicit TLS (SMTPS).
+    :param hidden_extensions: ESMTP extensions to leave out of the EHLO
+        reply (``"8BITMIME"``, ``"SMTPUTF8"``, ``"SIZE"``, ``"STARTTLS"``...).
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
         (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
 
@@ -185,6 +324,7 @@ class CountingSMTPServer:
         credentials: Mapping[str, str] | None = DEFAULT_CREDENTIALS,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        hidden_extensions: Iterable[str] = (),
         ready_timeout: float = 10.0,
         **smtp_options: Any,
     ) -> None:
@@ -196,8 +336,11 @@ class CountingSMTPServer:
         self._smtp_options = smtp_options
         self._lock = threading.Lock()
         self._record = _Record()
+        self.hidden_extensions = {name.upper() for name in hidden_extensions}
         self._probe_ports: set[int] = set()
         self._refusals: dict[str, str] = {}
+        self._faults: list[Fault] = []
+        self._live: set[_CountingSMTP] = set()
         self._controller: _Controller | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -281,12 +424,93 @@ class CountingSMTPServer:
         with self._lock:
             self._record.messages.clear()
             self._record.received.clear()
+            self._record.commands.clear()
 
     def reset(self) -> None:
         """Set the connection count back to zero and forget AUTH lines."""
         with self._lock:
             self._record.connections = 0
             self._record.auth_lines.clear()
+
+    @property
+    def commands(self) -> list[str]:
+        """Every command verb received since the last `clear`, in order."""
+        with self._lock:
+            return list(self._record.commands)
+
+    def script(
+        self,
+        point: str,
+        *,
+        reply: str | None = None,
+        close: bool = False,
+        delay: float = 0.0,
+        hang: bool = False,
+        accept: bool = False,
+        times: int = 1,
+    ) -> Fault:
+        """Misbehave at *point* (one of `FAULT_POINTS`) the next *times* times.
+
+        :param reply: answer with this line (``"421 4.3.2 Going down"``)
+            instead of the real answer.
+        :param close: close the connection (after *reply*, if given).
+        :param delay: wait this many seconds first (then answer normally,
+            unless *reply*, *close* or *hang* say otherwise).
+        :param hang: never answer (until the client gives up, the server
+            stops, or `HANG_SECONDS` pass).
+        :param accept: at ``END-OF-DATA``, keep the message even though the
+            client is not told so (the "was it delivered?" case).
+        :param times: how many times the fault fires; 0 means always.
+
+        At ``CONNECT`` a *reply* replaces the greeting and ends the
+        connection.  ``MID-DATA`` reads the first line of the message and
+        then closes (or hangs).  Faults at one point fire in the order
+        they were scripted.
+        """
+        point = point.upper()
+        if point not in FAULT_POINTS:
+            raise ValueError(f"cannot script a fault at {point!r}; the points are {', '.join(FAULT_POINTS)}")
+        if reply is not None and not _REPLY.match(reply):
+            raise ValueError(f"reply {reply!r} is not an SMTP reply line like '421 4.3.2 Going down'")
+        if hang and (reply or close):
+            raise ValueError("a fault that hangs cannot also reply or close")
+        if point == "MID-DATA" and reply:
+            raise ValueError("MID-DATA faults can close or hang, not reply")
+        if accept and point != "END-OF-DATA":
+            raise ValueError("accept= only means something at END-OF-DATA")
+        if times < 0 or delay < 0:
+            raise ValueError("times and delay cannot be negative")
+        fault = Fault(point, reply, close, delay, hang, accept, times)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Forget every scripted fault that has not fired yet."""
+        with self._lock:
+            self._faults.clear()
+
+    def drop_connections(self, reply: str | None = None) -> int:
+        """Close every open client connection now, as a relay's idle timeout does.
+
+        With *reply* (``"421 4.4.2 Idle timeout"``), say it first.  Returns
+        how many connections were closed.
+        """
+        controller = self._controller
+        if controller is None:
+            return 0
+
+        async def drop() -> int:
+            protocols = list(self._live)
+            for protocol in protocols:
+                if protocol.transport is not None:
+                    if reply:
+                        protocol.transport.write(reply.encode() + b"\r\n")
+                    protocol.transport.close()
+            await asyncio.sleep(0)
+            return len(protocols)
+
+        return asyncio.run_coroutine_threadsafe(drop(), controller.loop).result(timeout=10)
 
     def refuse_recipient(self, address: str, reply: str = "550 5.1.1 No such user") -> None:
         """Answer RCPT TO for *address* with *reply* (a full SMTP reply line)."""
@@ -295,12 +519,28 @@ class CountingSMTPServer:
 
     # -- called from the server thread -----------------------------------
 
-    def _on_connection(self, peer: Any) -> None:
+    def _on_connection(self, protocol: _CountingSMTP, peer: Any) -> None:
         if peer is not None and peer[1] in self._probe_ports:
             self._probe_ports.discard(peer[1])
             return
+        self._live.add(protocol)
         with self._lock:
             self._record.connections += 1
+
+    def _on_command(self, verb: str) -> None:
+        with self._lock:
+            self._record.commands.append(verb)
+
+    def _take_fault(self, point: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.point == point:
+                    if fault.times == 1:
+                        self._faults.remove(fault)
+                    elif fault.times > 1:
+                        fault.times -= 1
+                    return fault
+        return None
 
     def _on_auth(self, arg: str) -> None:
         with self._lock:
