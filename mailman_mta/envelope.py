@@ -22,6 +22,9 @@ _FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>]")
 
 MessageInput = str | bytes | bytearray | email.message.Message
 
+#: The longest address that fits in an SMTP path of 256 octets with its brackets.
+MAX_ADDRESS_OCTETS = 254
+
 
 def check_address(address: object, role: str) -> str:
     """Return *address* if it is safe to use in an SMTP command, else raise.
@@ -34,6 +37,11 @@ def check_address(address: object, role: str) -> str:
         raise EnvelopeError(f"{role} must be a string, not {type(address).__name__}: {address!r}")
     if not address and role != "sender":
         raise EnvelopeError(f"{role} is empty")
+    if len(address.encode("utf-8", "surrogateescape")) > MAX_ADDRESS_OCTETS:
+        raise EnvelopeError(
+            f"{role} is {len(address.encode('utf-8', 'surrogateescape'))} octets long; "
+            f"SMTP allows at most {MAX_ADDRESS_OCTETS} (RFC 5321 4.5.3.1.3): {address[:40]!r}..."
+        )
     bad = _FORBIDDEN.search(address)
     if bad is not None:
         raise EnvelopeError(

@@ -102,6 +102,7 @@ def test_all_refused_raises_and_closes(mta_smtpd):
         ("anne@example.com", ["john doe@example.com"], "recipient 1"),
         ("anne@example.com", ["<bart@example.com>"], "recipient 1"),
         ("anne@example.com", [""], "recipient 1 is empty"),
+        ("anne@example.com", ["a" * 250 + "@example.com"], "recipient 1 is 262 octets long"),
         ("anne@example.com", [], "no recipients"),
     ],
 )

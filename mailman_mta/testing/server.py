@@ -448,7 +448,7 @@ class CountingSMTPServer:
         hang: bool = False,
         accept: bool = False,
         times: int = 1,
-    ) -> Fault:
+    ) -> None:
         """Misbehave at *point* (one of `FAULT_POINTS`) the next *times* times.
 
         :param reply: answer with this line (``"421 4.3.2 Going down"``)
@@ -480,10 +480,8 @@ class CountingSMTPServer:
             raise ValueError("accept= only means something at END-OF-DATA")
         if times < 0 or delay < 0:
             raise ValueError("times and delay cannot be negative")
-        fault = Fault(point, reply, close, delay, hang, accept, times)
         with self._lock:
-            self._faults.append(fault)
-        return fault
+            self._faults.append(Fault(point, reply, close, delay, hang, accept, times))
 
     def clear_faults(self) -> None:
         """Forget every scripted fault that has not fired yet."""
