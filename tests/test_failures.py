@@ -7,6 +7,7 @@ ended up with.
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import socket
 import time
@@ -180,7 +181,8 @@ def test_timeouts_from_a_layer(mta_config, mta_smtpd, mta_layers):
 # -- stale connections ----------------------------------------------------
 
 
-def test_a_connection_the_server_dropped_is_replaced_transparently(mta_smtpd):
+def test_a_connection_the_server_dropped_is_replaced_transparently(mta_smtpd, caplog):
+    caplog.set_level(logging.INFO, logger="mailman_mta")
     connection = connect(mta_smtpd)
     connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
     assert mta_smtpd.drop_connections(reply="421 4.4.2 Idle timeout") == 1
@@ -189,9 +191,11 @@ def test_a_connection_the_server_dropped_is_replaced_transparently(mta_smtpd):
     connection.quit()
     assert connection.connection_count == 2
     assert len(mta_smtpd.received) == 2
+    assert "dropped a reused connection" not in caplog.text, "liveness should have caught it, not the retry"
 
 
-def test_a_drop_after_the_check_is_retried_once_before_any_data(mta_config, mta_smtpd, mta_layers):
+def test_a_drop_after_the_check_is_retried_once_before_any_data(mta_config, mta_smtpd, mta_layers, caplog):
+    caplog.set_level(logging.INFO, logger="mailman_mta")
     # With the liveness plugin off, nothing notices the drop until MAIL FROM.
     mta_layers.push("no-liveness", "[plugin.liveness]\nenabled: no\n")
     connection = Connection()
@@ -202,6 +206,7 @@ def test_a_drop_after_the_check_is_retried_once_before_any_data(mta_config, mta_
     connection.quit()
     assert connection.connection_count == 2
     assert len(mta_smtpd.received) == 2
+    assert f"127.0.0.1:{mta_smtpd.port} dropped a reused connection before the message was sent" in caplog.text
 
 
 def test_a_421_to_mail_on_a_reused_connection_is_retried(mta_smtpd):
