@@ -44,6 +44,7 @@ from lazr.config import Config, ConfigSchema, as_boolean
 from lazr.config.interfaces import ConfigErrors, NoConfigError
 from zope.interface import implementer
 
+from . import verp
 from .envelope import check_address
 from .errors import ConfigurationError, EnvelopeError
 from .interfaces import IConfiguration
@@ -183,6 +184,11 @@ CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {
         "ca_file": as_existing_file,
         "ca_path": as_existing_directory,
         "tls_min_version": one_of(*TLS_VERSIONS),
+        "delivery": one_of("bulk", "individual", "verp"),
+        "max_recipients": as_count,
+    },
+    "verp": {
+        "format": verp.check_format,
     },
     "devmode": {
         "enabled": as_flag,
@@ -315,6 +321,24 @@ class Configuration:
     def layers(self) -> list[str]:
         """The names of the pushed layers, bottom first."""
         return [data.name for data in reversed(self._config.overlays[:-1])]
+
+    def origin(self, section: str, key: str) -> str:
+        """The layer the effective value of ``[section] key`` comes from.
+
+        ``"default"`` when no pushed layer changed the schema's value.
+        """
+        found = "default"
+        previous: object = None
+        bottom = self._config.overlays[-1]
+        for data in reversed(self._config.overlays):
+            try:
+                value = data[section][key]
+            except (configparser.NoSectionError, KeyError):
+                continue
+            if data is not bottom and value != previous:
+                found = data.name
+            previous = value
+        return found
 
     # -- layers ----------------------------------------------------------
 

@@ -1,114 +1,68 @@
-"""`Delivery`: send a message and get a per-recipient result, never an exception.
+"""`Delivery`: one message to many recipients, with a result for each.
 
-`Connection.sendmail` raises as `smtplib` does, which suits code that was
-written for smtplib.  A list server's delivery loop wants something else:
-for every recipient, whether the message was accepted, and if not, whether
-to try again later (temporary) or give up and bounce (permanent).
-`Delivery.deliver` answers exactly that.
+`Connection.sendmail` raises as `smtplib` does, which suits code written for
+smtplib.  A list server's delivery loop wants something else: one post goes
+to thousands of members, and for each the loop needs to know whether the
+message was accepted, and if not, whether to try again later or give up.
+`Delivery.deliver` does the sending and answers exactly that (see
+`mailman_mta.results`), never raising for a delivery failure.
 
-Each refused recipient maps to a `Failure`, an ``(code, message)`` pair
-whose code says which it is: 4xx is temporary, 5xx permanent.  Failures
-that are not about the recipient get codes chosen so that nobody is bounced
-for a problem on our side:
+How the recipients are split into SMTP transactions is ``[mta] delivery``:
 
-==== ===================================================================
-444  no answer, or the connection was lost (the message may have arrived
-     if it was lost after the end of DATA; it is never re-sent by us)
-451  mailman-mta is misconfigured (4.3.5)
-454  TLS or authentication with the relay failed (4.7.0)
-552  the message is larger than the server accepts (5.3.4)
-553  a bad address (5.1.3 recipient, 5.1.7 sender), or a non-ASCII address
-     and the server lacks SMTPUTF8 (5.6.7)
-554  8-bit content and the server lacks 8BITMIME (5.6.3)
-==== ===================================================================
-
-Any other code is the server's own reply to MAIL, RCPT or DATA.
+- ``bulk``: recipients sorted by domain (so one relay's recipients travel
+  together) and sent ``[mta] max_recipients`` at a time;
+- ``individual``: one transaction per recipient, each copy first offered to
+  the `mta_prepare_copy` hook for personal headers or footers;
+- ``verp``: individual, with each copy's envelope sender encoding its
+  recipient (the built-in ``verp`` plugin).
 """
 
 from __future__ import annotations
 
+import itertools
 import smtplib
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
 
 from .config import Configuration
 from .connection import Connection
 from .envelope import Envelope, MessageInput, check_address, message_bytes
-from .errors import ConfigurationError, EnvelopeError, MTAError, TLSError
+from .errors import EnvelopeError, MTAError
+from .results import CONNECTION_LOST, DeliveryResult, Failure, failure_of
+from .verp import VERPError
 
-#: The code for "no answer / connection lost" (not an SMTP reply code).
-CONNECTION_LOST = 444
-
-
-class Failure(NamedTuple):
-    """Why one recipient did not get the message: an SMTP-style code and text."""
-
-    code: int
-    message: str
-
-    @property
-    def permanent(self) -> bool:
-        """5xx: do not try again; the recipient or message is at fault."""
-        return self.code >= 500
-
-    @property
-    def temporary(self) -> bool:
-        """4xx: try again later."""
-        return not self.permanent
+__all__ = ["CONNECTION_LOST", "Delivery", "DeliveryResult", "Failure", "chunk_by_domain"]
 
 
-@dataclass(frozen=True)
-class DeliveryResult:
-    """The outcome of one `Delivery.deliver` call.
+def domain_of(address: str) -> tuple[str, ...]:
+    """A sort key that keeps a domain's addresses, and its subdomains', together."""
+    return tuple(reversed(address.rpartition("@")[2].lower().split(".")))
 
-    `refused` maps each recipient (as the caller gave it) that did not get
-    the message to its `Failure`; every other recipient was accepted.
-    `error` is the exception behind a failure of the whole message, kept
-    for logs.
+
+def chunk_by_domain(recipients: Iterable[str], max_per_chunk: int) -> list[list[str]]:
+    """Split *recipients* into transactions of at most *max_per_chunk* (0: no limit).
+
+    Recipients are sorted by domain.  A domain's recipients share a chunk
+    unless there are more of them than fit in one; small domains are packed
+    together.  Every recipient (duplicates included) is in exactly one chunk.
     """
-
-    recipients: tuple[str, ...]
-    refused: dict[str, Failure] = field(default_factory=dict)
-    error: BaseException | None = None
-
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        return tuple(r for r in self.recipients if r not in self.refused)
-
-    @property
-    def ok(self) -> bool:
-        return not self.refused
-
-    @property
-    def temporary(self) -> dict[str, Failure]:
-        return {r: f for r, f in self.refused.items() if f.temporary}
-
-    @property
-    def permanent(self) -> dict[str, Failure]:
-        return {r: f for r, f in self.refused.items() if f.permanent}
-
-
-def failure_of(error: BaseException) -> Failure:
-    """The `Failure` that *error* means for every recipient of the message."""
-    if isinstance(error, smtplib.SMTPAuthenticationError):
-        return Failure(454, f"4.7.0 authentication with the relay failed: {_text(error)}")
-    if isinstance(error, TLSError):
-        return Failure(454, f"4.7.0 {error}")
-    if isinstance(error, ConfigurationError):
-        return Failure(451, f"4.3.5 mailman-mta is misconfigured: {error}")
-    if isinstance(error, smtplib.SMTPServerDisconnected):
-        return Failure(CONNECTION_LOST, f"4.4.2 {error}")
-    if isinstance(error, smtplib.SMTPResponseException):
-        return Failure(error.smtp_code, _text(error))
-    # smtplib.SMTPException is itself an OSError, so this comes after it.
-    if isinstance(error, OSError) and not isinstance(error, smtplib.SMTPException):
-        return Failure(CONNECTION_LOST, f"4.4.2 {error}")
-    return Failure(451, f"4.3.0 {type(error).__name__}: {error}")
-
-
-def _text(error: smtplib.SMTPResponseException) -> str:
-    reply = error.smtp_error
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    ordered = sorted(recipients, key=lambda address: (domain_of(address), address))
+    if not max_per_chunk:
+        return [ordered] if ordered else []
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for _, same_domain in itertools.groupby(ordered, key=domain_of):
+        group = list(same_domain)
+        if len(current) + len(group) > max_per_chunk:
+            if current:
+                chunks.append(current)
+            current = []
+            while len(group) > max_per_chunk:
+                chunks.append(group[:max_per_chunk])
+                group = group[max_per_chunk:]
+        current.extend(group)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class Delivery:
@@ -117,18 +71,31 @@ class Delivery:
     :param connection: the connection to use; by default a new
         `Connection` that follows *config*.
     :param config: the configuration for that default connection.
+
+    The strategy and chunk size are read from the connection's settings
+    (``delivery`` and ``max_recipients``) at each call, so a pushed layer
+    changes them.
     """
 
     def __init__(self, connection: Connection | None = None, *, config: Configuration | None = None) -> None:
         self.connection = connection if connection is not None else Connection(config=config)
 
-    def deliver(self, envsender: str, recipients: list[str] | tuple[str, ...], msgtext: MessageInput) -> DeliveryResult:
+    def deliver(
+        self,
+        envsender: str,
+        recipients: Sequence[str],
+        msgtext: MessageInput,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> DeliveryResult:
         """Send *msgtext* to *recipients*; never raises for a delivery failure.
 
         A recipient address that cannot be used is refused (553) on its own,
-        and the message still goes to the others.  Raises `EnvelopeError`
-        only for an empty recipient list or a message that is not text,
-        bytes or an email message: mistakes in the calling code.
+        and the message still goes to the others.  *progress*, if given, is
+        called with the number of recipients each finished transaction
+        covered.  Raises `EnvelopeError` only for an empty recipient list or
+        a message that is not text, bytes or an email message: mistakes in
+        the calling code.
         """
         if isinstance(recipients, str):
             recipients = [recipients]
@@ -136,32 +103,64 @@ class Delivery:
         if not recipients:
             raise EnvelopeError("no recipients: at least one is needed")
         data = message_bytes(msgtext)
-        refused: dict[str, Failure] = {}
         try:
             check_address(envsender, "sender")
         except EnvelopeError as error:
             bad_sender = Failure(553, f"5.1.7 {error}")
             return DeliveryResult(recipients, {r: bad_sender for r in recipients}, error)
+        refused: dict[str, Failure] = {}
         usable = []
         for recipient in recipients:
             try:
                 usable.append(check_address(recipient, "recipient"))
             except EnvelopeError as error:
                 refused[recipient] = Failure(553, f"5.1.3 {error}")
-        if not usable:
-            return DeliveryResult(recipients, refused)
-        envelope = Envelope(envsender, list(usable), data, tuple(usable))
+        if len(usable) < len(recipients) and progress is not None:
+            progress(len(recipients) - len(usable))
+
+        if self.connection.setting("delivery") == "bulk":
+            chunks = chunk_by_domain(usable, self.connection.setting("max_recipients"))
+            envelopes = (Envelope(envsender, chunk, data, tuple(chunk)) for chunk in chunks)
+        else:
+            envelopes = self._copies(envsender, usable, data, refused)
+        error = None
+        transactions = 0
+        for envelope in envelopes:
+            transactions += 1
+            failures, transaction_error = self._transaction(envelope)
+            refused.update(failures)
+            error = transaction_error or error
+            if progress is not None:
+                progress(len(envelope.original_recipients))
+        return DeliveryResult(recipients, refused, error, transactions)
+
+    def _copies(self, envsender: str, recipients: list[str], data: bytes,
+                refused: dict[str, Failure]) -> Iterable[Envelope]:
+        connection = self.connection
+        for recipient in recipients:
+            envelope = Envelope(envsender, [recipient], data, (recipient,))
+            try:
+                connection.config.hook.mta_prepare_copy(
+                    config=connection.config, connection=connection, envelope=envelope, recipient=recipient
+                )
+            except VERPError as error:
+                refused[recipient] = Failure(553, f"5.1.3 {error}")
+                continue
+            except MTAError as error:
+                refused[recipient] = failure_of(error)
+                continue
+            yield envelope
+
+    def _transaction(self, envelope: Envelope) -> tuple[dict[str, Failure], BaseException | None]:
+        """Send one envelope; return its refusals by original recipient, and the error."""
         try:
             server_refused = self.connection.send(envelope)
         except smtplib.SMTPRecipientsRefused as error:
-            refused.update(self._per_recipient(envelope, error.recipients))
-            return DeliveryResult(recipients, refused, error)
+            return self._per_recipient(envelope, error.recipients), error
         except (smtplib.SMTPException, OSError, MTAError) as error:
             failure = failure_of(error)
-            refused.update({r: failure for r in usable})
-            return DeliveryResult(recipients, refused, error)
-        refused.update(self._per_recipient(envelope, server_refused))
-        return DeliveryResult(recipients, refused)
+            return {r: failure for r in envelope.original_recipients}, error
+        return self._per_recipient(envelope, server_refused), None
 
     @staticmethod
     def _per_recipient(envelope: Envelope, server_refused: dict) -> dict[str, Failure]:

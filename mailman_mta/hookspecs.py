@@ -115,6 +115,23 @@ def mta_prepare_message(config: Configuration, connection: IConnection, envelope
     """
 
 
+@hookspec
+def mta_prepare_copy(config: Configuration, connection: IConnection, envelope: Envelope, recipient: str) -> None:
+    """Prepare *recipient*'s own copy of a message.
+
+    Called by `mailman_mta.delivery.Delivery` once per recipient when
+    ``[mta] delivery`` is ``individual`` or ``verp``, before the copy is
+    sent (and so before `mta_rewrite_recipients`).  *envelope* holds just
+    this copy, addressed to *recipient*: change ``envelope.message`` to add
+    personal headers or footers, or ``envelope.sender``.  The return value
+    is ignored; a `mailman_mta.errors.MTAError` raised here fails this copy
+    only.
+
+    The built-in ``verp`` plugin sets the envelope sender from
+    ``[verp] format`` when ``[mta] delivery`` is ``verp``.
+    """
+
+
 # -- Results -------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from .errors import ConfigurationError
 #: The built-in plugins, in registration order.  pluggy calls the
 #: last-registered implementation first, so third-party plugins (registered
 #: after these) run before the built-ins unless they ask otherwise.
-BUILTIN_PLUGINS: tuple[str, ...] = ("smtp", "sessions", "liveness", "auth", "devmode")
+BUILTIN_PLUGINS: tuple[str, ...] = ("smtp", "sessions", "liveness", "auth", "devmode", "verp")
 
 #: The entry-point group third-party distributions declare plugins in.
 ENTRY_POINT_GROUP = "mailman_mta.plugins"

@@ -32,7 +32,7 @@ def test_defaults_come_from_the_schema(config):
     assert config.mta.smtp_port == "25"
     assert config.settings.mta.smtp_port == 25
     assert config.settings.devmode.enabled is False
-    assert list(config.active_plugins) == ["smtp", "sessions", "liveness", "auth", "devmode"]
+    assert list(config.active_plugins) == ["smtp", "sessions", "liveness", "auth", "devmode", "verp"]
 
 
 def test_push_overrides_and_pop_restores(config):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import pytest
@@ -15,15 +14,6 @@ from mailman_mta.testing import CountingSMTPServer
 from mailman_mta.transport import SMTPTransport
 
 MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
-
-SHOUT_PLUGIN = '''
-"""A third-party plugin that marks every message it sees."""
-from mailman_mta import hookimpl
-
-@hookimpl
-def mta_prepare_message(envelope):
-    envelope.message = b"X-Shout: yes\\r\\n" + envelope.message
-'''
 
 COUNTER_PLUGIN = '''
 from mailman_mta import hookimpl
@@ -39,34 +29,6 @@ class Counter:
     def mta_delivery_result(self, error):
         self.sent += error is None
 '''
-
-
-def write_module(path, name, source):
-    (path / f"{name}.py").write_text(textwrap.dedent(source))
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A folder on sys.path where tests install distributions and modules."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    yield site
-    for name in [n for n in sys.modules if n.startswith("mta_test_")]:
-        del sys.modules[name]
-    registry.refresh()
-
-
-@pytest.fixture
-def shout_distribution(site):
-    """Install the distribution ``mta-shout`` declaring the entry point ``shout``."""
-    write_module(site, "mta_test_shout", SHOUT_PLUGIN)
-    info = site / "mta_shout-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mta-shout\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[mailman_mta.plugins]\nshout = mta_test_shout\n")
-    registry.refresh()
-    return "shout"
 
 
 @pytest.fixture
@@ -112,7 +74,7 @@ def test_push_enables_an_entry_point_plugin_and_pop_disables_it(mta_config, mta_
 
 
 def test_a_plugin_named_by_class_path_is_made_once(mta_config, mta_smtpd, site):
-    write_module(site, "mta_test_counter", COUNTER_PLUGIN)
+    site.module("mta_test_counter", COUNTER_PLUGIN)
     layer = "[plugin.counter]\nenabled: yes\nclass: mta_test_counter:Counter\n"
     connection = Connection()
     for _ in range(3):
@@ -173,7 +135,7 @@ def test_a_hook_with_a_wrong_argument_is_an_error(mta_config, added):
 
 
 def test_one_object_cannot_be_enabled_under_two_names(mta_config, site):
-    write_module(site, "mta_test_twice", "from mailman_mta import hookimpl\n")
+    site.module("mta_test_twice", "from mailman_mta import hookimpl\n")
     with pytest.raises(ConfigurationError, match=r"\[plugin.b\] cannot be enabled together"):
         mta_config.push("twice", textwrap.dedent("""
             [plugin.a]

@@ -20,7 +20,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 from typing import Any
@@ -309,6 +309,8 @@ class CountingSMTPServer:
     :param ssl_context: a server-side context for implicit TLS (SMTPS).
     :param hidden_extensions: ESMTP extensions to leave out of the EHLO
         reply (``"8BITMIME"``, ``"SMTPUTF8"``, ``"SIZE"``, ``"STARTTLS"``...).
+    :param on_message: called with each `ReceivedMessage`, in the server's
+        thread, as it arrives.
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
         (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
 
@@ -325,6 +327,7 @@ class CountingSMTPServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         hidden_extensions: Iterable[str] = (),
+        on_message: Callable[[ReceivedMessage], None] | None = None,
         ready_timeout: float = 10.0,
         **smtp_options: Any,
     ) -> None:
@@ -337,6 +340,7 @@ class CountingSMTPServer:
         self._lock = threading.Lock()
         self._record = _Record()
         self.hidden_extensions = {name.upper() for name in hidden_extensions}
+        self.on_message = on_message
         self._probe_ports: set[int] = set()
         self._refusals: dict[str, str] = {}
         self._faults: list[Fault] = []
@@ -548,6 +552,8 @@ class CountingSMTPServer:
         with self._lock:
             self._record.received.append(received)
             self._record.messages.append(message)
+        if self.on_message is not None:
+            self.on_message(received)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         if (
