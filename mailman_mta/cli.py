@@ -106,7 +106,7 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
     return "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("mailman-mta", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailman-mta")
 @click.option("-c", "--config", "config_files", multiple=True, metavar="FILE",
               help="Push this configuration file as a layer (repeatable).")
