@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import textwrap
+import time
 
 import pytest
 
 from mailman_mta.manager import registry
+from mailman_mta.testing import CountingSMTPServer
+from mailman_mta.testing import postfix as testbed
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -69,3 +73,52 @@ def shout_distribution(site):
     site.module("mta_test_shout", SHOUT_PLUGIN)
     site.distribution("mta-shout", {"shout": "mta_test_shout"})
     return "shout"
+
+
+# -- a real Postfix ---------------------------------------------------------
+
+#: Seconds spent installing and starting Postfix, for the closing summary.
+POSTFIX_TIMINGS: dict[str, float] = {}
+
+REFUSED = {"refused@example.com": "550 5.1.1 Mailbox unavailable"}
+
+
+def _provide_postfix() -> None:
+    """Install Postfix when it is missing and this process may (root + apt-get).
+
+    Set MAILMAN_MTA_NO_INSTALL=1 to forbid it; the tests then skip.
+    """
+    reason = testbed.unavailable()
+    if reason is None or os.geteuid() != 0 or os.environ.get("MAILMAN_MTA_NO_INSTALL"):
+        return
+    if shutil.which("apt-get") is None:
+        return
+    print(f"\ninstalling {' '.join(testbed.PACKAGES)} with apt-get for the postfix tests", flush=True)
+    started = time.monotonic()
+    testbed.install()
+    POSTFIX_TIMINGS["install"] = time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def postfix_capture():
+    """The server Postfix relays to: what it receives is what Postfix delivered."""
+    with CountingSMTPServer(credentials=None) as capture:
+        yield capture
+
+
+@pytest.fixture(scope="session")
+def postfix(postfix_capture):
+    """A running `PostfixTestbed` relaying to ``postfix_capture``."""
+    _provide_postfix()
+    reason = testbed.unavailable()
+    if reason is not None:
+        pytest.skip(f"no real Postfix here: {reason}; run scripts/postfix-testbed install as root")
+    with testbed.PostfixTestbed(relay_port=postfix_capture.port, refused=REFUSED) as instance:
+        POSTFIX_TIMINGS["start"] = instance.setup_seconds
+        yield instance
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if POSTFIX_TIMINGS:
+        parts = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in POSTFIX_TIMINGS.items())
+        terminalreporter.write_line(f"Postfix testbed set-up: {parts}")

@@ -20,6 +20,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
@@ -422,6 +423,21 @@ class CountingSMTPServer:
         """The same messages as raw `ReceivedMessage` records."""
         with self._lock:
             return list(self._record.received)
+
+    def wait_for_messages(self, count: int, timeout: float = 15.0) -> list[ReceivedMessage]:
+        """Wait until at least *count* messages have arrived; return them all.
+
+        For mail that reaches this server through another MTA, which queues
+        it first.  Raises `TimeoutError` after *timeout* seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            received = self.received
+            if len(received) >= count:
+                return received
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(received)} message(s) arrived within {timeout:g} s, not {count}")
+            time.sleep(0.02)
 
     def clear(self) -> None:
         """Forget the messages received so far."""
