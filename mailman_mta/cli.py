@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
+from . import PROJECT_NAME, __version__
 from .config import Configuration
 from .connection import Connection
 from .delivery import Delivery
@@ -246,17 +247,15 @@ def show_config(session: Session) -> None:
         section = config.settings[name]
         for key in section:
             value = section[key]
-            shown = repr(value) if isinstance(value, Secret) else str(config._config[name][key])
+            shown = repr(value) if isinstance(value, Secret) else str(config[name][key])
             table.add_row(escape(f"[{name}]"), key, escape(shown), escape(config.origin(name, key)))
     session.console.print(table)
 
 
 def _hooks_of(plugin: object) -> list[str]:
-    marker = "mailman_mta_impl"
-    return sorted(
-        name for name in dir(plugin)
-        if name.startswith("mta_") and getattr(getattr(plugin, name, None), marker, None) is not None
-    )
+    """The hooks *plugin* implements, found as pluggy would find them."""
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    return sorted(name for name in dir(plugin) if manager.parse_hookimpl_opts(plugin, name) is not None)
 
 
 @main.command()

@@ -317,6 +317,10 @@ class Configuration:
             raise AttributeError(name)
         return getattr(self._config, name)
 
+    def __getitem__(self, name: str) -> Any:
+        """The raw (text) section *name*, including ``plugin.NAME`` sections."""
+        return self._config[name]
+
     @property
     def layers(self) -> list[str]:
         """The names of the pushed layers, bottom first."""
