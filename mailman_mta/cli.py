@@ -34,6 +34,7 @@ from .connection import Connection
 from .delivery import Delivery
 from .envelope import check_address
 from .errors import EnvelopeError, MTAError
+from .manager import registration_order
 from .results import DeliveryResult
 from .secret import Secret
 from .testing import CountingSMTPServer, ReceivedMessage
@@ -264,7 +265,7 @@ def plugins(session: Session) -> None:
     """List the plugins that exist, which are active, and the hooks each implements."""
     config = session.config
     configured = config.settings.plugins
-    names = config.registry.names() + sorted(set(configured) - set(config.registry.names()))
+    names = registration_order([*config.registry.names(), *configured])
     active = config.active_plugins
     table = Table(title="Plugins")
     for column in ("plugin", "active", "source", "hooks"):

@@ -48,7 +48,7 @@ from . import verp
 from .envelope import check_address
 from .errors import ConfigurationError, EnvelopeError
 from .interfaces import IConfiguration
-from .manager import BUILTIN_PLUGINS, PluginRegistry, build_plugin_manager
+from .manager import PluginRegistry, build_plugin_manager, registration_order
 from .manager import registry as default_registry
 from .secret import Secret
 from .tls import SECURE_MODES, TLS_VERSIONS
@@ -447,16 +447,10 @@ class Configuration:
     def _compute_state(self) -> _State:
         generation = self.registry.generation
         settings = self._convert()
-        ordered = sorted(
-            settings.plugins.items(),
-            key=lambda item: (item[0] not in BUILTIN_PLUGINS,
-                              BUILTIN_PLUGINS.index(item[0]) if item[0] in BUILTIN_PLUGINS else 0,
-                              item[0]),
-        )
         active = {
-            name: self.registry.load(name, section["class"])
-            for name, section in ordered
-            if section.enabled
+            name: self.registry.load(name, settings.plugins[name]["class"])
+            for name in registration_order(settings.plugins)
+            if settings.plugins[name].enabled
         }
         manager = build_plugin_manager(active.items())
         return _State(settings, manager, active, generation)

@@ -211,24 +211,24 @@ class Connection:
         if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
             self.quit()
         refused: RefusedRecipients = {}
+        error: BaseException | None = None
         try:
             refused = self._send_with_one_retry(config, hook, envelope)
-        except UnsendableMessageError as error:
-            # Refused here, before MAIL FROM: the connection is still good.
+        except BaseException as caught:
+            error = caught
+            # A message refused here, before MAIL FROM, leaves the
+            # connection good; after anything else its state is unknown.
+            if not isinstance(caught, UnsendableMessageError):
+                self.close()
+            if isinstance(caught, smtplib.SMTPRecipientsRefused):
+                refused = dict(caught.recipients)
+            raise
+        else:
+            self.session_count += 1
+            self.last_used_at = time.monotonic()
+        finally:
             hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
                                      refused=refused, error=error)
-            raise
-        except (smtplib.SMTPException, OSError) as error:
-            self.close()
-            if isinstance(error, smtplib.SMTPRecipientsRefused):
-                refused = dict(error.recipients)
-            hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
-                                     refused=refused, error=error)
-            raise
-        self.session_count += 1
-        self.last_used_at = time.monotonic()
-        hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
-                                 refused=refused, error=None)
         return refused
 
     def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> RefusedRecipients:

@@ -43,8 +43,10 @@ def mta_create_transport(config: Configuration, connection: IConnection) -> ITra
 
     Called whenever *connection* needs a new connection: on its first send,
     and after `mta_session_allowed` or an error closed the previous one.
-    Return an object providing `ITransport`, connected and ready for EHLO,
-    or None to let the next plugin try.  The first non-None result wins.
+    Return an object providing `ITransport`, connected, greeted and
+    secured as ``connection.setting("secure_mode")`` asks (TLS, if any, is
+    up before anything else is said), or None to let the next plugin try.
+    The first non-None result wins.
 
     This is where a plugin chooses the relay (``connection.host`` and
     ``connection.port`` are the configured defaults), fails over to another,

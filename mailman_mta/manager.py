@@ -35,6 +35,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = ("smtp", "sessions", "liveness", "auth", "dev
 ENTRY_POINT_GROUP = "mailman_mta.plugins"
 
 
+def registration_order(names: Iterable[str]) -> list[str]:
+    """Built-ins first, in `BUILTIN_PLUGINS` order, then the others by name."""
+    names = set(names)
+    return [n for n in BUILTIN_PLUGINS if n in names] + sorted(names - set(BUILTIN_PLUGINS))
+
+
 class PluginRegistry:
     """The plugins that could be enabled, by name, and their loaded objects.
 
@@ -64,8 +70,7 @@ class PluginRegistry:
 
     def names(self) -> list[str]:
         """Every plugin name known without configuration, built-ins first."""
-        others = set(self._added) | set(self.entry_points())
-        return list(BUILTIN_PLUGINS) + sorted(others - set(BUILTIN_PLUGINS))
+        return registration_order([*BUILTIN_PLUGINS, *self._added, *self.entry_points()])
 
     def describe(self, name: str, class_path: str = "") -> str:
         """Say where plugin *name* comes from, for people reading a listing."""

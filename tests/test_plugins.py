@@ -204,10 +204,19 @@ def test_a_transport_plugin_chooses_the_relay(mta_config, mta_smtpd, added, mta_
     assert mta_smtpd.messages == []
 
 
-def test_no_transport_is_a_clear_error(mta_config, mta_layers):
-    mta_layers.push("no-smtp", "[plugin.smtp]\nenabled: no\n")
+def test_no_transport_is_a_clear_error_and_still_a_result(mta_config, mta_layers, added):
+    class Recorder:
+        errors = []
+
+        @hookimpl
+        def mta_delivery_result(self, error):
+            Recorder.errors.append(type(error).__name__)
+
+    added("recorder", Recorder())
+    mta_layers.push("no-smtp", "[plugin.smtp]\nenabled: no\n[plugin.recorder]\nenabled: yes\n")
     with pytest.raises(Exception, match=r"no enabled plugin opened a connection.*\[plugin.smtp\]"):
         send(Connection())
+    assert Recorder.errors == ["NoTransportError"]
 
 
 def test_an_authentication_plugin_replaces_the_built_in_one(mta_config, mta_smtpd, added, mta_layers):
