@@ -35,7 +35,7 @@ from .delivery import Delivery
 from .envelope import check_address
 from .errors import EnvelopeError, MTAError
 from .manager import registration_order
-from .results import DeliveryResult
+from .results import DeliveryResult, reply_text
 from .secret import Secret
 from .testing import CountingSMTPServer, ReceivedMessage
 
@@ -85,8 +85,7 @@ class Session:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, smtplib.SMTPResponseException) and not isinstance(error, MTAError):
-        reply = error.smtp_error.decode("utf-8", "replace") if isinstance(error.smtp_error, bytes) else error.smtp_error
-        return f"{type(error).__name__}: {error.smtp_code} {reply}"
+        return f"{type(error).__name__}: {error.smtp_code} {reply_text(error.smtp_error)}"
     return f"{type(error).__name__}: {error}"
 
 
@@ -292,7 +291,7 @@ def check(session: Session) -> None:
     connection = Connection(config=config)
     console = session.console
     with session.reporting():
-        transport = config.hook.mta_create_transport(config=config, connection=connection)
+        transport = connection.open_transport()
         try:
             transport.ehlo_or_helo_if_needed()
             console.print(f"server      {connection.host}:{connection.port} "

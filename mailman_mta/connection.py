@@ -252,13 +252,23 @@ class Connection:
         return transport.sendmail(envelope.sender, envelope.recipients, envelope.message,
                                   options, envelope.rcpt_options)
 
-    def _connect(self, config: Configuration, hook: Any) -> None:
-        transport = hook.mta_create_transport(config=config, connection=self)
+    def open_transport(self) -> ITransport:
+        """Open a new transport through `mta_create_transport`, without adopting it.
+
+        For diagnostics (``mailman-mta check``): nothing is authenticated and
+        the connection's own state is left alone.  Raises `NoTransportError`
+        when no enabled plugin opens one.
+        """
+        transport = self.config.hook.mta_create_transport(config=self.config, connection=self)
         if transport is None:
             raise NoTransportError(
                 "no enabled plugin opened a connection to the MTA; is "
                 "[plugin.smtp] enabled, or another transport plugin?"
             )
+        return transport
+
+    def _connect(self, config: Configuration, hook: Any) -> None:
+        transport = self.open_transport()
         self.transport = transport
         self.session_count = 0
         self.connection_count += 1

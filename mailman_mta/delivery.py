@@ -27,7 +27,7 @@ from .config import Configuration
 from .connection import Connection
 from .envelope import Envelope, MessageInput, check_address, message_bytes
 from .errors import EnvelopeError, MTAError
-from .results import CONNECTION_LOST, DeliveryResult, Failure, failure_of
+from .results import CONNECTION_LOST, DeliveryResult, Failure, failure_of, reply_text
 from .verp import VERPError
 
 __all__ = ["CONNECTION_LOST", "Delivery", "DeliveryResult", "Failure", "chunk_by_domain"]
@@ -176,9 +176,8 @@ class Delivery:
                 originals.setdefault(sent_address, []).append(asked_address)
         failures: dict[str, Failure] = {}
         for address, (code, reply) in server_refused.items():
-            text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
             for original in originals.get(address, [address]):
-                failures[original] = Failure(code, text)
+                failures[original] = Failure(code, reply_text(reply))
         return failures
 
     def close(self) -> None:

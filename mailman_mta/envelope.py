@@ -37,9 +37,10 @@ def check_address(address: object, role: str) -> str:
         raise EnvelopeError(f"{role} must be a string, not {type(address).__name__}: {address!r}")
     if not address and role != "sender":
         raise EnvelopeError(f"{role} is empty")
-    if len(address.encode("utf-8", "surrogateescape")) > MAX_ADDRESS_OCTETS:
+    octets = len(address.encode("utf-8", "surrogateescape"))
+    if octets > MAX_ADDRESS_OCTETS:
         raise EnvelopeError(
-            f"{role} is {len(address.encode('utf-8', 'surrogateescape'))} octets long; "
+            f"{role} is {octets} octets long; "
             f"SMTP allows at most {MAX_ADDRESS_OCTETS} (RFC 5321 4.5.3.1.3): {address[:40]!r}..."
         )
     bad = _FORBIDDEN.search(address)

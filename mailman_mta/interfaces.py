@@ -65,6 +65,9 @@ class IConnection(Interface):
     def send(envelope):
         """Send a `mailman_mta.envelope.Envelope`; otherwise like `sendmail`."""
 
+    def open_transport():
+        """Open a new `ITransport` through the hooks without adopting it (diagnostics)."""
+
     def sendmail(envsender, recipients, msgtext):
         """Send one message in one session, opening a connection if needed.
 

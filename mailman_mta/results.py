@@ -98,8 +98,12 @@ def failure_of(error: BaseException) -> Failure:
     return Failure(451, f"4.3.0 {type(error).__name__}: {error}")
 
 
-def _text(error: smtplib.SMTPResponseException) -> str:
-    reply = error.smtp_error
+def reply_text(reply: bytes | str) -> str:
+    """An SMTP reply (smtplib keeps them as bytes) as text."""
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _text(error: smtplib.SMTPResponseException) -> str:
+    return reply_text(error.smtp_error)
 
 

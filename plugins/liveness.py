@@ -23,10 +23,16 @@ from mailman_mta import hookimpl
 
 
 def has_pending_input(transport) -> bool:
-    """True if the server has said something (or hung up) unprompted."""
-    sock = getattr(transport, "sock", None)
+    """True if the server has said something (or hung up) unprompted.
+
+    A transport without a ``sock`` cannot be looked into and is trusted; one
+    whose socket smtplib has already closed is stale.
+    """
+    if not hasattr(transport, "sock"):
+        return False
+    sock = transport.sock
     if sock is None:
-        return getattr(transport, "file", None) is None and hasattr(transport, "sock")
+        return True
     pending = getattr(sock, "pending", None)
     if pending is not None and pending():
         return True
@@ -45,15 +51,16 @@ def mta_session_allowed(connection):
         return False
     noop_after = connection.setting("noop_after_idle")
     if noop_after and idle > noop_after:
-        sock = transport.sock
-        timeout = sock.gettimeout()
-        sock.settimeout(connection.setting("connect_timeout"))
+        sock = getattr(transport, "sock", None)
+        timeout = sock.gettimeout() if sock is not None else None
+        if sock is not None:
+            sock.settimeout(connection.setting("connect_timeout"))
         try:
             code, _ = transport.noop()
         except (smtplib.SMTPException, OSError):
             return False
         finally:
-            if transport.sock is not None:
+            if getattr(transport, "sock", None) is not None:
                 transport.sock.settimeout(timeout)
         return code == 250
     return None

@@ -114,6 +114,7 @@ def test_send_to_an_unreachable_mta_is_one_line(eml):
     (["-o", "mta.smtp_port=abc", "config"], 1, "config layer '-o': [mta] smtp_port: 'abc' is not a port number"),
     (["-o", "smtp_port=25", "config"], 2, "'smtp_port=25' is not section.key=value"),
     (["-c", "nowhere.cfg", "config"], 1, "cannot read config file 'nowhere.cfg'"),
+    (["-o", "plugin.smtp.enabled=no", "check"], 1, "NoTransportError: no enabled plugin opened a connection"),
     (["send", "-f", "a@example.com", "--to-file", "nowhere.txt", "x.eml"], 2, "cannot read nowhere.txt"),
 ])
 def test_user_errors_are_one_line(args, status, words):

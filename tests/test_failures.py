@@ -262,6 +262,18 @@ def test_an_idle_connection_is_checked_with_noop(mta_smtpd):
     assert len(mta_smtpd.received) == 3
 
 
+def test_pending_input_on_transports_we_cannot_or_can_see_into(mta_smtpd):
+    from mailman_mta.plugins.liveness import has_pending_input
+
+    assert has_pending_input(object()) is False, "a foreign transport is trusted"
+    connection = connect(mta_smtpd)
+    connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
+    transport = connection.transport
+    assert has_pending_input(transport) is False
+    transport.close()
+    assert has_pending_input(transport) is True, "a closed socket is stale"
+
+
 def test_a_busy_connection_is_not_checked(mta_smtpd):
     connection = connect(mta_smtpd, noop_after_idle=60)
     for _ in range(3):
