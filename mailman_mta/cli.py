@@ -99,8 +99,10 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
     for assignment in assignments:
         name, equals, value = assignment.partition("=")
         section, dot, key = name.strip().rpartition(".")
-        if not equals or not dot or not section or not key:
-            raise click.BadParameter(f"{assignment!r} is not section.key=value", param_hint="'-o'")
+        if not equals or not dot or not section or not key or " " in name.strip():
+            # The value is never shown: it may be a password.
+            shown = f"{name.split()[0] if name.split() else ''}{'=' if equals else ' '}..."
+            raise click.BadParameter(f"{shown!r} is not section.key=value", param_hint="'-o'")
         if "\n" in value or "\r" in value:
             raise click.BadParameter(f"the value for {name} must be one line", param_hint="'-o'")
         sections.setdefault(section, []).append(f"{key}: {value.strip()}")

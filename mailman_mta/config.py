@@ -29,6 +29,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import importlib.resources
+import ipaddress
 import re
 import textwrap
 import threading
@@ -69,9 +70,27 @@ def as_text(value: str) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?")
+
+
 def as_host(value: str) -> str:
-    if not value or re.search(r"[\s\x00-\x1f\x7f]", value):
-        raise ValueError(f"{value!r} is not a host name or address")
+    """A host name (internationalised names too) or an IPv4 or IPv6 address.
+
+    Checked as the resolver will need it, so that a name that can never be
+    looked up is refused when the layer is pushed, not at the first send.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        ascii_name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name[:-1].split(".") if ascii_name.endswith(".") else ascii_name.split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{value!r} is not a host name or IP address")
     return value
 
 
@@ -104,6 +123,11 @@ def as_flag(value: str) -> bool:
         ) from None
 
 
+#: The longest time any setting may name: sockets cannot wait much longer
+#: on some platforms (a 32-bit time_t ends at about 2.1e9 seconds).
+MAX_SECONDS = 10**9
+
+
 def as_seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -111,6 +135,8 @@ def as_seconds(value: str) -> float:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
         raise ValueError(f"{value!r} is not a number of seconds (0 or more)")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than any timeout can be ({MAX_SECONDS} seconds at most)")
     return seconds
 
 
@@ -186,6 +212,7 @@ CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {
         "tls_min_version": one_of(*TLS_VERSIONS),
         "delivery": one_of("bulk", "individual", "verp"),
         "max_recipients": as_count,
+        "pipelining": as_flag,
     },
     "verp": {
         "format": verp.check_format,
@@ -480,7 +507,7 @@ class Configuration:
             parser.read_string(text, source=name)
         except configparser.Error as error:
             raise ConfigurationError(
-                f"config layer {name!r} cannot be parsed: {error.message}", layer=name
+                f"config layer {name!r} cannot be parsed: {_parse_problem(error)}", layer=name
             ) from None
         for section in parser.sections():
             if section == "meta":
@@ -509,6 +536,23 @@ class Configuration:
         if rest and master in self._schema:
             return self._schema[master]
         return None
+
+
+def _parse_problem(error: configparser.Error) -> str:
+    """What configparser found wrong, without repeating the text of the line.
+
+    The line may hold a password (``smtp_pass s3cret``, with the colon
+    forgotten), so only its number, and the word it starts with, are shown.
+    """
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return f"line {error.lineno} comes before any [section] header"
+    if isinstance(error, configparser.ParsingError):
+        problems = []
+        for number, line in error.errors:
+            word = re.split(r"[\s:=]", str(line).strip("'\" "), maxsplit=1)[0]
+            problems.append(f"line {number} (starting {word!r}) is not 'key: value'")
+        return "; ".join(problems)
+    return error.message.splitlines()[0]
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -28,9 +28,11 @@ from . import esmtp, tls
 from .config import Configuration, converter_for
 from .config import config as default_config
 from .envelope import Envelope, MessageInput
-from .errors import NoTransportError, SMTPTimeoutError, UnsendableMessageError
-from .interfaces import IConnection, ITransport
+from .errors import EnvelopeError, NoTransportError, SMTPProtocolError, SMTPTimeoutError, UnsendableMessageError
+from .interfaces import IConnection, IMessageTransactions, ITransport
+from .replies import Reply
 from .secret import Secret
+from .transaction import BEFORE, DATA, MAIL, RCPT, TransactionResult
 
 log = logging.getLogger("mailman_mta.connection")
 
@@ -44,22 +46,51 @@ _ARGUMENT_KEYS = {
 }
 
 
-def failed_before_data(error: BaseException, transport: Any) -> bool:
-    """Is *error* a lost connection that certainly came before any message data?
+def retryable(result: TransactionResult) -> bool:
+    """May *result*'s message be sent again on a new connection?
 
-    Only then can the message be sent again on a new connection without any
-    chance of delivering it twice.  A transport that cannot say whether data
-    was sent (no ``message_data_sent``) is taken to have sent it.
+    Only when the old connection certainly failed before any message data:
+    it was lost (not timed out: a slow server may still act on what it
+    got), or the server said 421, with nothing sent after DATA.  Sending
+    again then cannot deliver the message twice.
     """
-    if getattr(transport, "message_data_sent", True):
+    if result.error is None or result.data_sent:
         return False
-    if isinstance(error, SMTPTimeoutError):
+    if result.reply is not None:
+        return result.reply.code == 421
+    error = result.error
+    if isinstance(error, (SMTPTimeoutError, SMTPProtocolError)):
         return False
-    if isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError)):
-        return True
-    if isinstance(error, smtplib.SMTPRecipientsRefused):
-        return bool(error.recipients) and all(code == 421 for code, _ in error.recipients.values())
-    return isinstance(error, smtplib.SMTPResponseException) and error.smtp_code == 421
+    return isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError))
+
+
+def _foreign_transaction(transport: Any, envelope: Envelope) -> TransactionResult:
+    """Run a transaction through a transport without `IMessageTransactions`.
+
+    Its ``sendmail`` answers as smtplib does, which is all we can report.
+    """
+    transport.ehlo_or_helo_if_needed()
+    options = esmtp.mail_options(envelope, transport)
+    sender, recipients = envelope.sender, tuple(envelope.recipients)
+    if hasattr(transport, "message_data_sent"):
+        transport.message_data_sent = False
+    try:
+        refused = transport.sendmail(sender, list(recipients), envelope.message, options, envelope.rcpt_options)
+    except smtplib.SMTPRecipientsRefused as error:
+        replies = [Reply.of(*error.recipients[r]) if r in error.recipients else None for r in recipients]
+        return TransactionResult(sender, recipients, replies, error=error, stage=RCPT)
+    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+        stage = MAIL if isinstance(error, smtplib.SMTPSenderRefused) else DATA
+        result = TransactionResult(sender, recipients, error=error, stage=stage,
+                                   reply=Reply.of(error.smtp_code, error.smtp_error))
+        result.data_sent = stage == DATA and getattr(transport, "message_data_sent", True)
+        return result
+    except (smtplib.SMTPException, OSError) as error:
+        return TransactionResult.failed(sender, recipients, error, stage=DATA,
+                                        data_sent=getattr(transport, "message_data_sent", True))
+    accepted = Reply(250, (b"",))
+    replies = [Reply.of(*refused[r]) if r in refused else accepted for r in recipients]
+    return TransactionResult(sender, recipients, replies)
 
 
 @implementer(IConnection)
@@ -203,54 +234,98 @@ class Connection:
         The envelope is rewritten in place by the plugins, so afterwards it
         shows what was actually sent.
         """
+        result = self.transact(envelope)
+        if result.error is not None:
+            raise result.error
+        return result.refused
+
+    def transact(self, envelope: Envelope) -> TransactionResult:
+        """Send *envelope*, and say what happened to each of its recipients.
+
+        Never raises for a failure to deliver, whatever its cause: it is in
+        the result's ``error``, with the reply each recipient got (see
+        `mailman_mta.transaction.TransactionResult`).  Raises only what
+        the plugins that rewrite and prepare the envelope raise (such as
+        `EnvelopeError` for an address they made unsendable), before
+        anything is sent, and exceptions that are not errors
+        (KeyboardInterrupt), after closing the connection.  A connection
+        left in a known state by a refused transaction is kept.
+        """
         config = self.config
         hook = config.hook
         hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
         envelope.check()
         hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
+        esmtp.check_parameters(envelope.mail_options, "MAIL")
+        esmtp.check_parameters(envelope.rcpt_options, "RCPT")
         if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
             self.quit()
-        refused: RefusedRecipients = {}
-        error: BaseException | None = None
         try:
-            refused = self._send_with_one_retry(config, hook, envelope)
-        except BaseException as caught:
-            error = caught
-            # A message refused here, before MAIL FROM, leaves the
-            # connection good; after anything else its state is unknown.
-            if not isinstance(caught, UnsendableMessageError):
-                self.close()
-            if isinstance(caught, smtplib.SMTPRecipientsRefused):
-                refused = dict(caught.recipients)
-            raise
-        else:
-            self.session_count += 1
-            self.last_used_at = time.monotonic()
-        finally:
-            hook.mta_delivery_result(config=config, connection=self, envelope=envelope,
-                                     refused=refused, error=error)
-        return refused
-
-    def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> RefusedRecipients:
-        reused = self.transport is not None
-        try:
-            return self._transact(config, hook, envelope)
-        except (smtplib.SMTPException, OSError) as error:
-            if not (reused and failed_before_data(error, self.transport)):
-                raise
-            log.info("%s:%s dropped a reused connection before the message was sent (%s); "
-                     "sending it on a new connection", self.host, self.port, error)
+            result = self._send_with_one_retry(config, hook, envelope)
+        except BaseException as interruption:
             self.close()
-            return self._transact(config, hook, envelope)
+            result = TransactionResult.failed(envelope.sender, envelope.recipients, interruption,
+                                              data_sent=True)
+            self._report(envelope, result)
+            raise
+        if self.transport is not None:
+            if result.stage != BEFORE or result.error is None:
+                self.session_count += 1
+            self.last_used_at = time.monotonic()
+        self._report(envelope, result)
+        return result
 
-    def _transact(self, config: Configuration, hook: Any, envelope: Envelope) -> RefusedRecipients:
-        if self.transport is None:
-            self._connect(config, hook)
-        transport = self.transport
-        transport.ehlo_or_helo_if_needed()
-        options = esmtp.mail_options(envelope, transport)
-        return transport.sendmail(envelope.sender, envelope.recipients, envelope.message,
-                                  options, envelope.rcpt_options)
+    def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:
+        reused = self.transport is not None
+        result = self._transact(config, hook, envelope)
+        if reused and retryable(result):
+            log.info("%s:%s dropped a reused connection before the message was sent (%s); "
+                     "sending it on a new connection", self.host, self.port, result.error)
+            self.close()
+            result = self._transact(config, hook, envelope)
+        return result
+
+    def _transact(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:
+        """One attempt: connect if needed, then run the transaction."""
+        try:
+            if self.transport is None:
+                self._connect(config, hook)
+            transport = self.transport
+            ours = IMessageTransactions.providedBy(transport)
+            if ours:
+                result = transport.transact(envelope, pipelining=self.setting("pipelining"))
+            else:
+                result = _foreign_transaction(transport, envelope)
+        except (UnsendableMessageError, EnvelopeError) as error:
+            # Refused before MAIL FROM: the connection is as good as before.
+            return TransactionResult.failed(envelope.sender, envelope.recipients, error)
+        except Exception as error:
+            self.close()
+            return TransactionResult.failed(envelope.sender, envelope.recipients, error)
+        if getattr(transport, "sock", True) is None:
+            # Our engine closed it: its state could not be vouched for.
+            self.close()
+        elif result.error is not None and not ours:
+            # What a foreign transport's connection is fit for after an
+            # error is unknown.
+            self.close()
+        return result
+
+    def _report(self, envelope: Envelope, result: TransactionResult) -> None:
+        """Call every `mta_delivery_result` implementation, each on its own.
+
+        They only observe: one that raises is logged and cannot change the
+        result, nor keep the others from seeing it.
+        """
+        config = self.config
+        arguments = dict(config=config, connection=self, envelope=envelope, refused=result.refused,
+                         error=result.error, result=result)
+        for implementation in reversed(config.hook.mta_delivery_result.get_hookimpls()):
+            try:
+                implementation.function(**{name: arguments[name] for name in implementation.argnames})
+            except Exception:
+                log.exception("plugin %r raised in mta_delivery_result; the result stands",
+                              implementation.plugin_name)
 
     def open_transport(self) -> ITransport:
         """Open a new transport through `mta_create_transport`, without adopting it.

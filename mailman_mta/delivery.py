@@ -20,15 +20,18 @@ How the recipients are split into SMTP transactions is ``[mta] delivery``:
 from __future__ import annotations
 
 import itertools
-import smtplib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import Configuration
 from .connection import Connection
 from .envelope import Envelope, MessageInput, check_address, message_bytes
 from .errors import EnvelopeError, MTAError
-from .results import CONNECTION_LOST, DeliveryResult, Failure, failure_of, reply_text
+from .results import CONNECTION_LOST, DeliveryResult, Failure, ending_failure, failure_of, failures_of
+from .transaction import TransactionResult
 from .verp import VERPError
+
+log = logging.getLogger("mailman_mta.delivery")
 
 __all__ = ["CONNECTION_LOST", "Delivery", "DeliveryResult", "Failure", "chunk_by_domain"]
 
@@ -94,8 +97,10 @@ class Delivery:
         and the message still goes to the others.  *progress*, if given, is
         called with the number of recipients each finished transaction
         covered.  Raises `EnvelopeError` only for an empty recipient list or
-        a message that is not text, bytes or an email message: mistakes in
-        the calling code.
+        a message that is not text, bytes or an email message (or text that
+        has no UTF-8 form): mistakes in the calling code.  Anything else
+        that goes wrong, even an exception nobody foresaw, becomes a
+        temporary failure of the recipients it concerns.
         """
         if isinstance(recipients, str):
             recipients = [recipients]
@@ -106,7 +111,8 @@ class Delivery:
         try:
             check_address(envsender, "sender")
         except EnvelopeError as error:
-            bad_sender = Failure(553, f"5.1.7 {error}")
+            # The sender is the list's own address: never the recipients' fault.
+            bad_sender = Failure(451, f"4.1.7 {error}")
             return DeliveryResult(recipients, {r: bad_sender for r in recipients}, error)
         refused: dict[str, Failure] = {}
         usable = []
@@ -120,7 +126,7 @@ class Delivery:
 
         if self.connection.setting("delivery") == "bulk":
             chunks = chunk_by_domain(usable, self.connection.setting("max_recipients"))
-            envelopes = (Envelope(envsender, chunk, data, tuple(chunk)) for chunk in chunks)
+            envelopes = (self._checked(Envelope(envsender, chunk, data, tuple(chunk))) for chunk in chunks)
         else:
             envelopes = self._copies(envsender, usable, data, refused)
         error = None
@@ -138,7 +144,7 @@ class Delivery:
                 refused: dict[str, Failure]) -> Iterable[Envelope]:
         connection = self.connection
         for recipient in recipients:
-            envelope = Envelope(envsender, [recipient], data, (recipient,))
+            envelope = self._checked(Envelope(envsender, [recipient], data, (recipient,)))
             try:
                 connection.config.hook.mta_prepare_copy(
                     config=connection.config, connection=connection, envelope=envelope, recipient=recipient
@@ -151,34 +157,51 @@ class Delivery:
                 continue
             yield envelope
 
+    @staticmethod
+    def _checked(envelope: Envelope) -> Envelope:
+        envelope.mark_checked()
+        return envelope
+
     def _transaction(self, envelope: Envelope) -> tuple[dict[str, Failure], BaseException | None]:
         """Send one envelope; return its refusals by original recipient, and the error."""
         try:
-            server_refused = self.connection.send(envelope)
-        except smtplib.SMTPRecipientsRefused as error:
-            return self._per_recipient(envelope, error.recipients), error
-        except (smtplib.SMTPException, OSError, MTAError) as error:
+            result = self.connection.transact(envelope)
+        except MTAError as error:
             failure = failure_of(error)
             return {r: failure for r in envelope.original_recipients}, error
-        return self._per_recipient(envelope, server_refused), None
+        except Exception as error:
+            # A plugin, or mailman-mta itself, failed in a way nobody
+            # foresaw: this transaction fails, temporarily; the rest go on.
+            log.exception("sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients))
+            failure = failure_of(error)
+            return {r: failure for r in envelope.original_recipients}, error
+        return self._per_recipient(envelope, result), result.error
 
     @staticmethod
-    def _per_recipient(envelope: Envelope, server_refused: dict) -> dict[str, Failure]:
-        """Map refusals of the addresses sent back to the caller's addresses.
+    def _per_recipient(envelope: Envelope, result: TransactionResult) -> dict[str, Failure]:
+        """Map the failures of the addresses sent back to the caller's addresses.
 
-        Plugins may have rewritten the recipients (devmode); when they kept
-        one address per original, the original is reported.
+        Plugins may have rewritten the recipients (devmode); while they keep
+        one address per original, in order, each original gets the result
+        of the address sent in its place.  Otherwise results are matched by
+        address, and an original that was not sent at all shares the fate
+        of the transaction.
         """
-        sent, asked = envelope.recipients, envelope.original_recipients
-        originals: dict[str, list[str]] = {}
+        failures = failures_of(result)
+        sent, asked = result.recipients, envelope.original_recipients
         if len(sent) == len(asked):
-            for sent_address, asked_address in zip(sent, asked):
-                originals.setdefault(sent_address, []).append(asked_address)
-        failures: dict[str, Failure] = {}
-        for address, (code, reply) in server_refused.items():
-            for original in originals.get(address, [address]):
-                failures[original] = Failure(code, reply_text(reply))
-        return failures
+            return {asked[index]: failure for index, failure in failures.items()}
+        by_address: dict[str, Failure] = {}
+        for index, failure in failures.items():
+            by_address.setdefault(sent[index], failure)
+        ending = ending_failure(result)
+        mapped = {}
+        for address in asked:
+            if address in by_address:
+                mapped[address] = by_address[address]
+            elif address not in sent and ending is not None:
+                mapped[address] = ending
+        return mapped
 
     def close(self) -> None:
         """Say goodbye to the server."""

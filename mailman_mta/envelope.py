@@ -7,75 +7,105 @@ mutates its list), so several plugins compose without knowing of each other.
 
 from __future__ import annotations
 
+import copy
 import email.message
 import re
 from dataclasses import dataclass, field
 
+from .addresses import MAX_ADDRESS_OCTETS, mailbox_problem
 from .errors import EnvelopeError
-
-# Characters that can never appear in an address we put on an SMTP command
-# line: control characters (CR and LF end the command early, which is how
-# header and command injection works), NUL, and the angle brackets smtplib
-# wraps the address in.  Whitespace is refused because smtplib's address
-# parsing would silently shorten "john doe@example.com" to "john".
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>]")
 
 MessageInput = str | bytes | bytearray | email.message.Message
 
-#: The longest address that fits in an SMTP path of 256 octets with its brackets.
-MAX_ADDRESS_OCTETS = 254
+__all__ = ["MAX_ADDRESS_OCTETS", "Envelope", "MessageInput", "check_address", "crlf", "message_bytes"]
+
+#: Headers that name blind-copy recipients: they must not reach anyone.
+BLIND_HEADERS = ("Bcc", "Resent-Bcc")
 
 
 def check_address(address: object, role: str) -> str:
-    """Return *address* if it is safe to use in an SMTP command, else raise.
+    """Return *address* if it can go on the wire as it is, else raise `EnvelopeError`.
 
     *role* names the address in the error ("sender", "recipient 3").  The
-    empty sender is allowed (the null reverse-path of bounces); an empty
-    recipient is not.
+    address must be an RFC 5321 mailbox (see `mailman_mta.addresses`) of
+    at most `MAX_ADDRESS_OCTETS`; the empty sender is allowed (the null
+    reverse-path of bounces), an empty recipient is not.
     """
     if not isinstance(address, str):
-        raise EnvelopeError(f"{role} must be a string, not {type(address).__name__}: {address!r}")
-    if not address and role != "sender":
+        raise EnvelopeError(f"{role} must be a string, not {type(address).__name__}: {_shown(address)}")
+    if not address:
+        if role == "sender":
+            return address
         raise EnvelopeError(f"{role} is empty")
-    octets = len(address.encode("utf-8", "surrogateescape"))
-    if octets > MAX_ADDRESS_OCTETS:
+    problem = mailbox_problem(address)
+    if problem is not None:
+        raise EnvelopeError(f"{role} {_shown(address)} is not an envelope address: {problem}")
+    if len(address) > MAX_ADDRESS_OCTETS // 4 and len(address.encode("utf-8")) > MAX_ADDRESS_OCTETS:
         raise EnvelopeError(
-            f"{role} is {octets} octets long; "
+            f"{role} is {len(address.encode('utf-8'))} octets long; "
             f"SMTP allows at most {MAX_ADDRESS_OCTETS} (RFC 5321 4.5.3.1.3): {address[:40]!r}..."
         )
-    bad = _FORBIDDEN.search(address)
-    if bad is not None:
-        raise EnvelopeError(
-            f"{role} {address!r} contains {bad.group()!r}, which cannot appear "
-            "in an SMTP envelope address"
-        )
     return address
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def message_bytes(message: MessageInput) -> bytes:
-    """Return *message* as the bytes to send.
+def crlf(data: bytes) -> bytes:
+    """*data* with every line ending (CRLF, bare LF, bare CR) made CRLF.
 
-    `str` is encoded as UTF-8 (never squeezed into ASCII with ``?``),
+    SMTP requires CRLF, and a bare LF or CR passed on as it is is what
+    "SMTP smuggling" exploits.  Costs no copy when *data* is already CRLF
+    throughout, and one `bytes.replace` when it uses LF alone.
+    """
+    carriage_returns = data.count(b"\r")
+    line_feeds = data.count(b"\n")
+    if carriage_returns == line_feeds and data.count(b"\r\n") == line_feeds:
+        return data
+    if not carriage_returns:
+        return data.replace(b"\n", b"\r\n")
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def message_bytes(message: MessageInput) -> bytes:
+    """Return *message* as the bytes to send, with CRLF line endings.
+
+    `str` is encoded as UTF-8 (never squeezed into ASCII with ``?``; a
+    string decoded with ``surrogateescape`` gets its original bytes back),
     `bytes` are taken as they are, and an `email.message.Message` is
-    flattened with its own policy and no ``>From`` mangling.  Then every line
-    ending becomes CRLF, as SMTP requires: smtplib does that for `str` only,
-    and a bare LF sent as-is is what "SMTP smuggling" exploits.  No other
+    flattened with its own policy, no ``>From`` mangling, and without its
+    ``Bcc:`` and ``Resent-Bcc:`` headers, as `smtplib.SMTP.send_message`
+    does.  Then every line ending becomes CRLF (see `crlf`).  No other
     byte is changed.
     """
-    if isinstance(message, (bytes, bytearray)):
+    if isinstance(message, bytes):
+        data = message
+    elif isinstance(message, bytearray):
         data = bytes(message)
     elif isinstance(message, str):
-        data = message.encode("utf-8", "surrogateescape")
+        try:
+            data = message.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as error:
+            raise EnvelopeError(
+                f"the message text has {error.object[error.start]!r} at position {error.start}: a lone "
+                "surrogate, which has no UTF-8 form (decode bytes with errors='surrogateescape' to keep them)"
+            ) from None
     elif isinstance(message, email.message.Message):
-        data = message.as_bytes()
+        if any(name in message for name in BLIND_HEADERS):
+            message = copy.copy(message)
+            for name in BLIND_HEADERS:
+                del message[name]
+        data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
     else:
         raise EnvelopeError(
             f"message must be str, bytes or email.message.Message, not {type(message).__name__}"
         )
-    return _LINE_END.sub(b"\r\n", data)
+    return crlf(data)
 
 
 @dataclass(eq=False)
@@ -95,6 +125,9 @@ class Envelope:
     original_recipients: tuple[str, ...] = ()
     mail_options: list[str] = field(default_factory=list)
     rcpt_options: list[str] = field(default_factory=list)
+    #: The (sender, recipients) last checked, so `check` can skip an
+    #: envelope no plugin changed.
+    _checked: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, sender: str, recipients: str | list[str] | tuple[str, ...], message: MessageInput) -> Envelope:
@@ -108,15 +141,26 @@ class Envelope:
         recipients = list(recipients)
         if not recipients:
             raise EnvelopeError("no recipients: at least one is needed")
-        check_address(sender, "sender")
-        for number, recipient in enumerate(recipients, 1):
-            check_address(recipient, f"recipient {number}")
-        return cls(sender, recipients, message_bytes(message), tuple(recipients))
+        envelope = cls(sender, recipients, message_bytes(message), tuple(recipients))
+        envelope.check()
+        return envelope
 
     def check(self) -> None:
-        """Check the addresses again after plugins have rewritten them."""
+        """Raise `EnvelopeError` unless every address can go on the wire as it is.
+
+        Cheap when nothing changed since the last check: only addresses
+        that plugins set are checked again.
+        """
+        current = (self.sender, tuple(self.recipients))
+        if current == self._checked:
+            return
         check_address(self.sender, "sender")
         if not self.recipients:
             raise EnvelopeError("a plugin removed every recipient")
         for number, recipient in enumerate(self.recipients, 1):
             check_address(recipient, f"recipient {number}")
+        self._checked = current
+
+    def mark_checked(self) -> None:
+        """Record that the caller has checked every address already."""
+        self._checked = (self.sender, tuple(self.recipients))

@@ -69,13 +69,26 @@ class SMTPTimeoutError(MTAError, smtplib.SMTPServerDisconnected):
     """
 
 
+class SMTPProtocolError(MTAError, smtplib.SMTPServerDisconnected):
+    """The server said something that is not an SMTP reply, or too much of it.
+
+    A line that is not ``NNN text``, a multi-line reply whose codes
+    disagree, a line or reply over the size limits (see
+    `mailman_mta.replies`), or data sent where no reply was due.  The
+    connection is closed, since what follows can no longer be matched to
+    our commands; like a lost connection it is a temporary failure.  The
+    message names the host, the port and the command.
+    """
+
+
 class UnsendableMessageError(MTAError, smtplib.SMTPResponseException):
     """The message cannot be sent to this server as it is, so it was not.
 
-    Raised before MAIL FROM, with an SMTP-style code that says why:
-    552 for a message larger than the server's SIZE, 554 for 8-bit content
-    when the server lacks 8BITMIME, 553 for non-ASCII addresses when it
-    lacks SMTPUTF8.  Nothing is rewritten to make it fit.
+    Raised before MAIL FROM, with an SMTP-style code that says why, always
+    temporary since the recipients are not to blame: 452 (4.3.4) for a
+    message larger than the server's SIZE, 451 (4.6.3) for 8-bit content
+    when the server lacks 8BITMIME, 451 (4.6.7) for non-ASCII addresses
+    when it lacks SMTPUTF8.  Nothing is rewritten to make it fit.
     """
 
     def __init__(self, code: int, message: str) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .config import Configuration
     from .envelope import Envelope
     from .interfaces import IConnection, ITransport
+    from .transaction import TransactionResult
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -144,15 +145,21 @@ def mta_delivery_result(
     envelope: Envelope,
     refused: dict[str, tuple[int, bytes]],
     error: BaseException | None,
+    result: TransactionResult,
 ) -> None:
     """Observe the outcome of one send.
 
     Called exactly once for every send that reached the point of
     connecting, whether it succeeded or failed.  *refused* maps each
-    recipient the server refused to its (code, response); *error* is the
-    exception the caller is about to receive, or None.  For an error that
-    refused every recipient (`smtplib.SMTPRecipientsRefused`), *refused*
-    holds them all.  The return value is ignored; do not raise.
+    recipient with a server reply against it to its (code, response), as
+    `smtplib` reports refusals: its own RCPT refusal, or the reply that
+    ended a failed transaction.  *error* is the exception
+    `Connection.sendmail` raises for this send, or None.  *result* is the
+    whole `mailman_mta.transaction.TransactionResult`, recipient by
+    recipient.  The return value is ignored.  Implementations are called
+    one by one: one that raises is logged, and neither changes the result
+    nor keeps the others from being called (so this hook takes no
+    wrappers).
     """
 
 

@@ -97,10 +97,14 @@ class ITransport(Interface):
     """An open SMTP client connection, as made by a transport plugin.
 
     `smtplib.SMTP` provides it; a plugin may return anything else that does
-    (a pipelining client, a client for a relay with failover).  A transport
-    may also have a boolean ``message_data_sent``, true once the current
-    transaction has started sending message data; without it, a lost
-    connection is never retried, since the message might have been sent.
+    (a client for a relay with failover, say).  A transport that also
+    provides `IMessageTransactions` (as `mailman_mta.transport.SMTPTransport`
+    and its subclasses do) gets exact per-recipient results and
+    PIPELINING; any other is driven through its ``sendmail``, whose
+    smtplib-style answer is coarser.  Such a transport may also have a
+    boolean ``message_data_sent``, true once the current transaction has
+    started sending message data; without it, a lost connection is never
+    retried, since the message might have been sent.
     """
 
     def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
@@ -133,6 +137,22 @@ class ITransport(Interface):
 
     def close():
         """Close the socket without saying anything."""
+
+
+class IMessageTransactions(Interface):
+    """A transport that runs mail transactions with exact accounting."""
+
+    def transact(envelope, pipelining=True):
+        """Run one mail transaction for *envelope*; return its `TransactionResult`.
+
+        See `mailman_mta.transaction`.  Uses PIPELINING when *pipelining*
+        is true and the server offers it.  Failures from MAIL onward are in
+        the result, never raised; what stops the transaction before MAIL
+        (a message the server cannot take, a failed EHLO) is raised.
+        """
+
+    def input_pending():
+        """True if the server has said something unprompted, or hung up."""
 
 
 class IConfiguration(Interface):

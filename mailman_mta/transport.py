@@ -1,28 +1,44 @@
 """`SMTPTransport`: the standard library's SMTP client, made safe to run unattended.
 
-What it adds to `smtplib.SMTP`:
+`smtplib` still connects, says EHLO, starts TLS and logs in; what this
+module changes is everything a hostile or broken relay could exploit:
 
+- every reply is read by `mailman_mta.replies.ReplyReader`: bounded in
+  time (the whole reply within the command timeout) and size, and refused
+  when it is not SMTP, instead of `smtplib`'s unbounded ``readline``;
+- the mail transaction (MAIL, RCPT, DATA) is `mailman_mta.transaction`'s,
+  with exact per-recipient results and PIPELINING, instead of
+  ``smtplib.SMTP.sendmail``;
 - separate connect and per-command timeouts, and errors that name the
   host, the port and the command that went unanswered;
-- implicit TLS (SMTPS) and STARTTLS that refuses to carry on in plaintext;
-- `message_data_sent`, which tells whether the current transaction got as
-  far as sending message data, so a caller knows when a retry cannot
-  deliver twice;
-- a debug transcript sent to the ``mailman_mta.transcript`` logger with
-  everything the client sends while authenticating masked.
+- implicit TLS (SMTPS) and STARTTLS that refuses to carry on in plaintext,
+  or after a server slipped data in behind its 220 to STARTTLS;
+- AUTH that sends UTF-8 (RFC 4616), keeps no password once logged in, and
+  masks the credentials in the transcript sent to the
+  ``mailman_mta.transcript`` logger and in any reply that echoes them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
+import select
+import selectors
 import smtplib
 import socket
 import ssl
+from collections.abc import Iterable, Iterator, Sequence
 
-from zope.interface import classImplements
+from zope.interface import classImplements, implementer
 
-from .errors import MTAConnectionError, SMTPTimeoutError, TLSError
-from .interfaces import ITransport
+from . import esmtp
+from .envelope import Envelope
+from .errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError, TLSError
+from .interfaces import IMessageTransactions, ITransport
+from .replies import Reply, ReplyReader
+from .transaction import Transaction, TransactionResult
 
 transcript = logging.getLogger("mailman_mta.transcript")
 
@@ -32,19 +48,46 @@ MASK = "***"
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 
+#: Small writes are gathered into one up to this size, so a short message
+#: and its terminating dot leave in a single segment.
+_COALESCE_OCTETS = 64 * 1024
 
+#: AUTH challenges answered before the exchange is abandoned.
+_MAX_CHALLENGES = 5
+
+
+def readable_now(sock: socket.socket) -> bool:
+    """True if *sock* has input waiting (or the peer hung up), without blocking.
+
+    Uses poll(2) where there is one, so it works for any file descriptor,
+    not only those below FD_SETSIZE (1024) as ``select.select`` does.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    with selectors.DefaultSelector() as selector:  # pragma: no cover
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(0))
+
+
+@implementer(IMessageTransactions)
 class SMTPTransport(smtplib.SMTP):
-    """An `smtplib.SMTP` with timeouts, TLS modes and a masked transcript.
+    """An `smtplib.SMTP` with bounded replies, our own transaction, TLS modes
+    and a masked transcript.
 
     :param connect_timeout: seconds to wait for the TCP connection.
-    :param command_timeout: seconds to wait for each reply (and for each
-        send to make progress); RFC 5321 suggests minutes.
+    :param command_timeout: seconds to wait for each whole reply (and for
+        each write to make progress); RFC 5321 suggests minutes.
     :param implicit_tls: a client context to wrap the connection in TLS
         as soon as it opens (SMTPS, usually port 465).
     """
 
     _authenticating = False
+    _logging_in = False
+    _host = ""
     _port = 0
+    _reader: ReplyReader | None = None
 
     def __init__(
         self,
@@ -60,6 +103,7 @@ class SMTPTransport(smtplib.SMTP):
         self.last_command = "the greeting"
         #: True once the current transaction started sending message data.
         self.message_data_sent = False
+        self._auth_secrets: set[bytes] = set()
         super().__init__(local_hostname=local_hostname, timeout=command_timeout)
 
     @property
@@ -91,6 +135,13 @@ class SMTPTransport(smtplib.SMTP):
             ) from error
         except OSError as error:
             raise MTAConnectionError(f"cannot connect to {host}:{port}: {error.strerror or error}") from error
+        except (UnicodeError, ValueError, OverflowError) as error:
+            # A name the IDNA codec refuses, a NUL in the name, a port or
+            # timeout out of range: nothing to do with the server.
+            raise MTAConnectionError(f"cannot connect to {host!r}:{port}: {error}") from error
+        # Commands are batched by us; Nagle's algorithm would only hold back
+        # the last piece of each batch until the previous one is acknowledged.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         if self.implicit_tls is not None:
             sock = self._wrap(sock, self.implicit_tls, host, port, "implicit TLS (SMTPS)")
@@ -109,6 +160,9 @@ class SMTPTransport(smtplib.SMTP):
 
         Never falls back to plaintext: if the server does not offer
         STARTTLS, or refuses it, or the handshake fails, nothing more is said.
+        Nor does it go on when the server sent anything after its 220: such
+        bytes arrived in plaintext, and taking them as replies inside TLS is
+        the STARTTLS command injection of CVE-2011-0411.
         """
         self.ehlo_or_helo_if_needed()
         if not self.has_extn("starttls"):
@@ -121,6 +175,12 @@ class SMTPTransport(smtplib.SMTP):
         if code != 220:
             self.close()
             raise TLSError(f"{self.where} refused STARTTLS: {code} {reply.decode(errors='replace')}")
+        if self.unread():
+            self.close()
+            raise TLSError(
+                f"{self.where} sent data after its 220 reply to STARTTLS; refusing to go on "
+                "(what was sent in plaintext could pass for replies inside TLS)"
+            )
         self.sock = self._wrap(self.sock, context, self._host, self._port, "STARTTLS")
         self.file = None
         # RFC 3207: forget everything learnt before TLS; EHLO again.
@@ -129,86 +189,73 @@ class SMTPTransport(smtplib.SMTP):
         self.does_esmtp = False
         self.ehlo()
 
+    # -- replies ---------------------------------------------------------
+
+    def _reply_reader(self) -> ReplyReader:
+        reader = self._reader
+        if reader is None or reader.sock is not self.sock:
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("please run connect() first")
+            reader = self._reader = ReplyReader(self.sock, self.where)
+        return reader
+
+    def read_reply(self, command: str) -> Reply:
+        """Read the reply to *command*; see `mailman_mta.replies.ReplyReader.read`.
+
+        On any failure the connection is closed first.
+        """
+        try:
+            reply = self._reply_reader().read(command)
+        except smtplib.SMTPServerDisconnected:
+            self.close()
+            raise
+        if self.debuglevel > 0:
+            self._print_debug("reply:", str(reply))
+        return reply
+
+    def unread(self) -> int:
+        """Octets received from the server and not yet read as a reply."""
+        reader = self._reader
+        return reader.buffered if reader is not None and reader.sock is self.sock else 0
+
+    def getreply(self):
+        """`smtplib`'s reply reader, replaced by ours: (code, text) as smtplib returns them."""
+        reply = self.read_reply(self.last_command)
+        return reply.code, reply.text
+
+    def input_pending(self) -> bool:
+        """Has the server said something unprompted, or hung up?
+
+        Looks at what is buffered (ours and TLS's) and asks the socket,
+        without blocking.  A closed transport counts as having hung up.
+        """
+        sock = self.sock
+        if sock is None:
+            return True
+        if self.unread():
+            return True
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        return readable_now(sock)
+
     # -- the conversation ------------------------------------------------
 
     def putcmd(self, cmd, args=""):
         self.last_command = cmd.upper()
         super().putcmd(cmd, args)
 
-    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
-        """Run one transaction; the contract of `smtplib.SMTP.sendmail`.
-
-        Written out here because smtplib decides "every recipient refused"
-        by comparing a dict of refusals, keyed by address, with the list of
-        recipients: with a recipient listed twice (devmode sends one copy per
-        original recipient) it never sees that all were refused, goes on to
-        DATA and reports a misleading error.  This counts acceptances.
-        """
-        self.ehlo_or_helo_if_needed()
-        if isinstance(to_addrs, str):
-            to_addrs = [to_addrs]
-        if isinstance(msg, str):
-            msg = "\r\n".join(msg.splitlines()).encode("ascii") + b"\r\n"
-        options = []
-        if self.does_esmtp:
-            if self.has_extn("size"):
-                options.append(f"SIZE={len(msg)}")
-            options.extend(mail_options)
-        code, reply = self.mail(from_addr, options)
-        if code != 250:
-            self._end_failed_transaction(code)
-            raise smtplib.SMTPSenderRefused(code, reply, from_addr)
-        refused = {}
-        accepted = 0
-        for recipient in to_addrs:
-            code, reply = self.rcpt(recipient, rcpt_options)
-            if code in (250, 251):
-                accepted += 1
-                continue
-            refused[recipient] = (code, reply)
-            if code == 421:
-                self.close()
-                raise smtplib.SMTPRecipientsRefused(refused)
-        if not accepted:
-            self._end_failed_transaction(code)
-            raise smtplib.SMTPRecipientsRefused(refused)
-        code, reply = self.data(msg)
-        if code != 250:
-            self._end_failed_transaction(code)
-            raise smtplib.SMTPDataError(code, reply)
-        return refused
-
-    def _end_failed_transaction(self, code: int) -> None:
-        if code == 421:
-            self.close()  # the server is closing the connection anyway
-        else:
-            self._rset()
-
-    def mail(self, sender, options=()):
-        self.message_data_sent = False
-        return super().mail(sender, options)
-
     def send(self, s):
-        if isinstance(s, (bytes, bytearray)):
-            # smtplib sends commands as str and only message data as bytes.
-            self.message_data_sent = True
-            self.last_command = "the end of DATA"
         try:
             super().send(s)
         except smtplib.SMTPServerDisconnected as error:
             raise self._explain(error, "while sending") from error.__context__
 
-    def getreply(self):
-        try:
-            return super().getreply()
-        except smtplib.SMTPServerDisconnected as error:
-            raise self._explain(error, "while waiting for the reply to") from error.__context__
-
     def _explain(self, error: smtplib.SMTPServerDisconnected, doing: str) -> smtplib.SMTPServerDisconnected:
         cause = error.__context__
         if isinstance(cause, TimeoutError):
             return SMTPTimeoutError(
-                f"{self.where} did not answer {self.last_command} within {self.timeout:g} s"
+                f"{self.where} did not accept {self.last_command} within {self.timeout:g} s"
             )
         if self.sock is None and "run connect() first" in str(error):
             return error
@@ -217,14 +264,189 @@ class SMTPTransport(smtplib.SMTP):
             f"{self.where} closed the connection {doing} {self.last_command}{detail}"
         )
 
-    # -- the transcript --------------------------------------------------
+    def write(self, data: bytes, command: str) -> None:
+        """Send *data*, one or more command lines starting with *command*."""
+        self.last_command = command
+        if self.debuglevel > 0:
+            for line in data.splitlines(keepends=True):
+                self._print_debug("send:", repr(line.decode("utf-8", "backslashreplace")))
+        self._sendall(data)
+
+    def write_data(self, segments: Iterable[bytes | memoryview]) -> None:
+        """Send message data, gathering small segments into larger writes."""
+        self.last_command = "the message data"
+        self.message_data_sent = True
+        sent = 0
+        pending: list[bytes | memoryview] = []
+        pending_octets = 0
+        for segment in segments:
+            if len(segment) >= _COALESCE_OCTETS:
+                if pending:
+                    self._sendall(b"".join(pending))
+                    pending, pending_octets = [], 0
+                self._sendall(segment)
+            else:
+                pending.append(segment)
+                pending_octets += len(segment)
+                if pending_octets >= _COALESCE_OCTETS:
+                    self._sendall(b"".join(pending))
+                    pending, pending_octets = [], 0
+            sent += len(segment)
+        self.last_command = "the end of DATA"
+        if pending:
+            self._sendall(b"".join(pending))
+        if self.debuglevel > 0:
+            self._print_debug("send:", f"(the message data: {sent} octets, with the final dot)")
+
+    def _sendall(self, data: bytes | memoryview) -> None:
+        sock = self.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected(f"{self.where} is not connected (sending {self.last_command})")
+        try:
+            sock.sendall(data)
+        except TimeoutError:
+            self.close()
+            raise SMTPTimeoutError(
+                f"{self.where} did not accept {self.last_command} within {sock.gettimeout():g} s"
+            ) from None
+        except OSError as error:
+            self.close()
+            raise smtplib.SMTPServerDisconnected(
+                f"{self.where} closed the connection while sending {self.last_command} ({error})"
+            ) from error
+
+    # -- transactions ----------------------------------------------------
+
+    def transact(self, envelope: Envelope, *, pipelining: bool = True) -> TransactionResult:
+        """Run one mail transaction for *envelope*; see `IMessageTransactions`.
+
+        Says EHLO first if that has not been done.  Raises what stops the
+        transaction before MAIL (`mailman_mta.errors.UnsendableMessageError`,
+        `mailman_mta.errors.EnvelopeError`, a failed EHLO); every failure
+        after that is in the result.
+        """
+        self.ehlo_or_helo_if_needed()
+        options = esmtp.mail_options(envelope, self)
+        self.message_data_sent = False
+        transaction = Transaction(
+            self, envelope.sender, envelope.recipients, envelope.message, options, envelope.rcpt_options,
+            pipelining=pipelining and "pipelining" in self.esmtp_features,
+        )
+        return transaction.run()
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
+        """Run one transaction with the contract of `smtplib.SMTP.sendmail`.
+
+        Returns the recipients the server refused, or raises the exception
+        smtplib would.  Unlike smtplib, an address is sent exactly as given
+        or refused (`mailman_mta.errors.EnvelopeError`), and a transaction
+        that fails after some recipients were accepted raises, so nobody is
+        counted as accepted who got nothing.
+        """
+        envelope = Envelope.build(from_addr, to_addrs, msg)
+        envelope.mail_options = list(mail_options)
+        envelope.rcpt_options = list(rcpt_options)
+        result = self.transact(envelope)
+        if result.error is not None:
+            raise result.error
+        return result.refused
+
+    def close(self):
+        self._reader = None
+        super().close()
+
+    # -- authentication --------------------------------------------------
+
+    def login(self, user, password, *, initial_response_ok=True):
+        """`smtplib.SMTP.login`, keeping no copy of the password afterwards.
+
+        What each mechanism tried sends stays masked until every one has
+        been tried, since a server may echo an earlier attempt's secrets.
+        """
+        self._logging_in = True
+        try:
+            return super().login(user, password, initial_response_ok=initial_response_ok)
+        finally:
+            self._logging_in = False
+            self._auth_secrets.clear()
+            self.__dict__.pop("password", None)
 
     def auth(self, mechanism, authobject, *, initial_response_ok=True):
+        """One SASL exchange (RFC 4954), in UTF-8, with what is sent kept secret.
+
+        Everything sent is masked in the transcript, and any reply that
+        echoes it (or the password) has it replaced by ``***``, so the
+        credentials reach neither logs nor exceptions.
+        """
         self._authenticating = True
+        reader = self._reply_reader()
+        reader.mask = self._mask_secrets
+        password = getattr(self, "password", None)
+        if isinstance(password, str):
+            self._auth_secrets.add(password.encode("utf-8", "surrogatepass"))
         try:
-            return super().auth(mechanism, authobject, initial_response_ok=initial_response_ok)
+            mechanism = mechanism.upper()
+            initial = self._respond(authobject, None) if initial_response_ok else None
+            if initial is not None:
+                code, reply = self.docmd("AUTH", f"{mechanism} {initial}")
+                self._auth_challenge_count = 1
+            else:
+                code, reply = self.docmd("AUTH", mechanism)
+                self._auth_challenge_count = 0
+            while code == 334:
+                self._auth_challenge_count += 1
+                if self._auth_challenge_count > _MAX_CHALLENGES:
+                    raise smtplib.SMTPAuthenticationError(code, b"the server keeps sending AUTH challenges")
+                try:
+                    challenge = base64.b64decode(reply, validate=True)
+                except (binascii.Error, ValueError):
+                    raise smtplib.SMTPAuthenticationError(code, b"the server's AUTH challenge is not base64") from None
+                code, reply = self.docmd(self._respond(authobject, challenge))
+            if code in (235, 503):
+                return code, reply
+            raise smtplib.SMTPAuthenticationError(code, reply)
         finally:
             self._authenticating = False
+            if not self._logging_in:
+                self._auth_secrets.clear()
+            if self._reader is reader:
+                reader.mask = None
+
+    def _respond(self, authobject, challenge: bytes | None) -> str | None:
+        """The base64 answer *authobject* gives to *challenge*, remembered as secret."""
+        encodable = True
+        try:
+            text = authobject(challenge) if challenge is not None else authobject()
+            if text is None:
+                return None
+            octets = text.encode("utf-8", "surrogateescape")
+        except UnicodeError:
+            encodable = False
+        if not encodable:
+            # Raised here, outside the handler, so that no exception
+            # carrying the password hangs on to this one as its context.
+            raise ConfigurationError(
+                "the SMTP user name or password cannot be sent: it is not valid text "
+                "(it holds a lone surrogate)", section="mta", key="smtp_pass",
+            )
+        answer = base64.b64encode(octets).decode("ascii")
+        self._auth_secrets.update((octets, answer.encode("ascii")))
+        return answer
+
+    def auth_cram_md5(self, challenge=None):
+        """CRAM-MD5 (RFC 2195) with the password as UTF-8, as PLAIN and LOGIN send it."""
+        if challenge is None:
+            return None
+        key = self.password.encode("utf-8", "surrogateescape")
+        return f"{self.user} {hmac.new(key, challenge, 'md5').hexdigest()}"
+
+    def _mask_secrets(self, text: bytes) -> bytes:
+        for secret in self._auth_secrets:
+            if secret and secret in text:
+                text = text.replace(secret, MASK.encode())
+        return text
+
+    # -- the transcript --------------------------------------------------
 
     def _print_debug(self, *args) -> None:
         if self._authenticating and args and args[0] == "send:":

@@ -23,6 +23,8 @@ import re
 import string
 from functools import lru_cache
 
+from .addresses import mailbox_problem
+
 from .errors import MTAError
 
 #: The format Mailman and most list servers use.
@@ -92,6 +94,9 @@ def encode(sender: str, recipient: str, format: str = DEFAULT_FORMAT) -> str:
             f"cannot VERP-encode {recipient!r} for sender {sender!r} with format {format!r} "
             "so that it decodes back; does the sender contain the format's delimiter?"
         )
+    problem = mailbox_problem(address)
+    if problem is not None:
+        raise VERPError(f"cannot VERP-encode {recipient!r}: {address!r} would not be an envelope address ({problem})")
     return address
 
 

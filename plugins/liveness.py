@@ -15,19 +15,24 @@ caught: `Connection` retries on a new connection when the failure certainly
 came before any message data was sent.
 """
 
-import select
 import smtplib
 import time
 
 from mailman_mta import hookimpl
+from mailman_mta.transport import readable_now
 
 
 def has_pending_input(transport) -> bool:
     """True if the server has said something (or hung up) unprompted.
 
-    A transport without a ``sock`` cannot be looked into and is trusted; one
-    whose socket smtplib has already closed is stale.
+    Asks the transport when it can tell (``input_pending``, as
+    `mailman_mta.transport.SMTPTransport` can); otherwise looks at its
+    ``sock``.  A transport without one cannot be looked into and is
+    trusted; one whose socket has already been closed is stale.
     """
+    input_pending = getattr(transport, "input_pending", None)
+    if input_pending is not None:
+        return input_pending()
     if not hasattr(transport, "sock"):
         return False
     sock = transport.sock
@@ -36,8 +41,7 @@ def has_pending_input(transport) -> bool:
     pending = getattr(sock, "pending", None)
     if pending is not None and pending():
         return True
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    return readable_now(sock)
 
 
 @hookimpl

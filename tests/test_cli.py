@@ -106,13 +106,14 @@ def test_send_to_an_unreachable_mta_is_one_line(eml):
 
 @pytest.mark.parametrize("args, status, words", [
     (["send", "-f", "a@example.com", "-t", "b@example.com", "missing.eml"], 1, "cannot read message missing.eml: No such file"),
-    (["send", "-f", "a@example.com", "-t", "b c@example.com", "x.eml"], 2, "Invalid value for '-t' / '--to': recipient 'b c@example.com' contains ' '"),
-    (["send", "-f", "a@example.com\r\n", "-t", "b@example.com", "x.eml"], 2, "sender 'a@example.com\\r\\n' contains '\\r'"),
+    (["send", "-f", "a@example.com", "-t", "b c@example.com", "x.eml"], 2, "Invalid value for '-t' / '--to': recipient 'b c@example.com' is not an envelope address: the local part 'b c' contains ' '"),
+    (["send", "-f", "a@example.com\r\n", "-t", "b@example.com", "x.eml"], 2, "sender 'a@example.com\\r\\n' is not an envelope address: it contains '\\r', a control character"),
     (["send", "-f", "a@example.com", "x.eml"], 2, "no recipients: give --to or --to-file"),
     (["send", "--bogus"], 2, "No such option '--bogus' (see 'mailman-mta send --help')"),
     (["frobnicate"], 2, "No such command 'frobnicate'"),
     (["-o", "mta.smtp_port=abc", "config"], 1, "config layer '-o': [mta] smtp_port: 'abc' is not a port number"),
-    (["-o", "smtp_port=25", "config"], 2, "'smtp_port=25' is not section.key=value"),
+    (["-o", "smtp_port=25", "config"], 2, "'smtp_port=...' is not section.key=value"),
+    (["-o", "mta.smtp_pass s3cret", "config"], 2, "'mta.smtp_pass ...' is not section.key=value"),
     (["-c", "nowhere.cfg", "config"], 1, "cannot read config file 'nowhere.cfg'"),
     (["-o", "plugin.smtp.enabled=no", "check"], 1, "NoTransportError: no enabled plugin opened a connection"),
     (["send", "-f", "a@example.com", "--to-file", "nowhere.txt", "x.eml"], 2, "cannot read nowhere.txt"),

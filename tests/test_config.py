@@ -88,7 +88,7 @@ def test_what_the_layers_imply_is_computed_once_per_change(config):
         ("[mta]\nmax_sessions_per_connection: -1\n", ["[mta] max_sessions_per_connection", "0 or more"]),
         ("[mta]\nsmtp_host: mail example\n", ["[mta] smtp_host", "not a host name"]),
         ("[devmode]\nenabled: maybe\n", ["'bad'", "[devmode] enabled", "'maybe' is not yes or no"]),
-        ("[devmode]\nrecipient: john doe@example.com\n", ["[devmode] recipient", "cannot appear"]),
+        ("[devmode]\nrecipient: john doe@example.com\n", ["[devmode] recipient", "is not an envelope address"]),
         ("[mta]\nsmtp_prot: 25\n", ["'bad'", "[mta] has no key 'smtp_prot'", "did you mean 'smtp_port'"]),
         ("[mtaa]\nsmtp_port: 25\n", ["'bad'", "no section [mtaa]", "did you mean 'mta'"]),
         ("[plugin.smtp]\nclass: not a path\n", ["[plugin.smtp] class", "not a Python path"]),

@@ -83,14 +83,18 @@ def test_partly_refused_recipients_are_returned_as_smtplib_does(mta_smtpd):
     connection.quit()
 
 
-def test_all_refused_raises_and_closes(mta_smtpd):
+def test_all_refused_raises_and_keeps_the_connection_it_reset(mta_smtpd):
     mta_smtpd.refuse_recipient("cate@example.com", "450 4.2.1 Try again later")
     connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
     with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:
         send(connection, "cate@example.com")
     assert caught.value.recipients == {"cate@example.com": (450, b"4.2.1 Try again later")}
-    assert connection.transport is None
     assert mta_smtpd.messages == []
+    assert mta_smtpd.commands[-1] == "RSET", "the open transaction was reset"
+    assert connection.transport is not None
+    assert send(connection, "bart@example.com") == {}
+    connection.quit()
+    assert mta_smtpd.get_connection_count() == 1
 
 
 @pytest.mark.parametrize(

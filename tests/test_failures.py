@@ -14,9 +14,11 @@ import time
 
 import pytest
 
+from mailman_mta import hookimpl
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import CONNECTION_LOST, Delivery
-from mailman_mta.errors import MTAConnectionError, SMTPTimeoutError
+from mailman_mta.errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError
+from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer
 
 MESSAGE = "From: anne@example.com\nSubject: test\n\nHello\n"
@@ -32,12 +34,12 @@ def connect(server: CountingSMTPServer, **settings) -> Connection:
 
 FRESH_CONNECTION_FAULTS = [
     # point, script arguments, expected code for Delivery, copies delivered
-    ("CONNECT", dict(reply="554 5.3.2 No service for you"), 554, 0),
+    ("CONNECT", dict(reply="554 5.3.2 No service for you"), 421, 0),
     ("CONNECT", dict(reply="421 4.3.2 Busy, try later"), 421, 0),
     ("CONNECT", dict(close=True), CONNECTION_LOST, 0),
     ("EHLO", dict(close=True), CONNECTION_LOST, 0),
     ("MAIL", dict(reply="451 4.3.0 Try again"), 451, 0),
-    ("MAIL", dict(reply="550 5.7.1 Sender rejected"), 550, 0),
+    ("MAIL", dict(reply="550 5.7.1 Sender rejected"), 451, 0),
     ("MAIL", dict(close=True), CONNECTION_LOST, 0),
     ("RCPT", dict(close=True), CONNECTION_LOST, 0),
     ("DATA", dict(reply="554 5.5.1 No valid recipients"), 554, 0),
@@ -67,9 +69,14 @@ def test_each_fault_on_a_fresh_connection(mta_smtpd, point, fault, code, copies)
 def test_sendmail_raises_what_smtplib_raises(mta_smtpd, point, fault, code, copies):
     mta_smtpd.script(point, **fault)
     connection = connect(mta_smtpd)
-    with pytest.raises(smtplib.SMTPException):
+    with pytest.raises(smtplib.SMTPException) as caught:
         connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
-    assert connection.transport is None
+    if point == "MAIL":
+        assert isinstance(caught.value, smtplib.SMTPSenderRefused)
+        assert caught.value.smtp_code == int(fault["reply"][:3]), "the server's own code, as smtplib gives it"
+        assert connection.transport is not None, "a refused MAIL leaves the connection usable"
+    else:
+        assert connection.transport is None
     assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
     connection.quit()
     assert len(mta_smtpd.received) == copies + 1
@@ -94,8 +101,8 @@ def test_bad_addresses_are_refused_alone_and_the_rest_delivered(mta_smtpd):
     assert mta_smtpd.received[0].rcpt_tos == ("bart@example.com",)
     with Delivery(connect(mta_smtpd)) as delivery:
         result = delivery.deliver("anne@example.com\n", ["bart@example.com"], MESSAGE)
-    assert result.refused["bart@example.com"].code == 553
-    assert "5.1.7" in result.refused["bart@example.com"].message
+    assert result.refused["bart@example.com"].code == 451, "a bad sender is ours, not the member's, fault"
+    assert "4.1.7" in result.refused["bart@example.com"].message
 
 
 def test_wrong_credentials_are_temporary_so_nobody_is_bounced(mta_smtpd):
@@ -323,3 +330,145 @@ def test_faults_fire_the_given_number_of_times(mta_smtpd):
         with Delivery(connect(mta_smtpd)) as delivery:
             results.append(delivery.deliver("anne@example.com", ["bart@example.com"], MESSAGE).ok)
     assert results == [False, False, True]
+
+
+# -- nothing escapes Delivery.deliver ----------------------------------------
+
+ODD_ERRORS = [
+    UnicodeError("encoding with 'idna' codec failed (UnicodeError: label empty or too long)"),
+    OverflowError("timestamp out of range for platform time_t"),
+    ValueError("embedded null byte"),
+    RuntimeError("a bug in a plugin"),
+    KeyError("surprise"),
+]
+
+
+@pytest.mark.parametrize("error", ODD_ERRORS, ids=lambda e: type(e).__name__)
+def test_whatever_escapes_the_transport_is_a_temporary_result(mta_config, mta_layers, error, caplog):
+    class Broken:
+        @hookimpl(tryfirst=True)
+        def mta_create_transport(self):
+            raise error
+
+    registry.add("broken", Broken())
+    try:
+        mta_layers.push("broken", "[plugin.broken]\nenabled: yes\n")
+        with Delivery() as delivery:
+            result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
+    finally:
+        registry.remove("broken")
+    assert set(result.refused) == set(RECIPIENTS)
+    assert {failure.code for failure in result.refused.values()} == {451}
+    assert result.error is error
+
+
+def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_config, mta_smtpd, mta_layers):
+    class Picky:
+        @hookimpl
+        def mta_prepare_message(self, envelope):
+            if "cate@example.com" in envelope.recipients:
+                raise ZeroDivisionError("oops")
+
+    registry.add("picky", Picky())
+    try:
+        mta_layers.push("picky", "[plugin.picky]\nenabled: yes\n[mta]\ndelivery: individual\n")
+        with Delivery() as delivery:
+            result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
+    finally:
+        registry.remove("picky")
+    assert result.accepted == ("bart@example.com",)
+    assert result.refused["cate@example.com"].code == 451
+
+
+def test_a_host_the_resolver_cannot_take_is_a_connection_error():
+    from mailman_mta.transport import SMTPTransport
+
+    for host in ("x" * 64 + ".example.com", "bad\0host"):
+        with pytest.raises(MTAConnectionError, match="cannot connect to"):
+            SMTPTransport(connect_timeout=1).connect(host, 25)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[mta]\nsmtp_host: " + "x" * 64 + ".example.com\n", "smtp_host"),
+    ("[mta]\nsmtp_host: a..b\n", "smtp_host"),
+    ("[mta]\nsmtp_host: -bad.example.com\n", "smtp_host"),
+    ("[mta]\ncommand_timeout: 1e12\n", "command_timeout"),
+    ("[mta]\nconnect_timeout: 9999999999\n", "connect_timeout"),
+    ("[mta]\nmax_connection_age: 1e300\n", "max_connection_age"),
+])
+def test_values_that_can_never_work_are_refused_at_push(mta_config, text, key):
+    with pytest.raises(ConfigurationError, match=rf"\[mta\] {key}: ") as caught:
+        mta_config.push("impossible", text)
+    assert caught.value.key == key
+    assert "impossible" not in mta_config.layers
+
+
+def test_impossible_arguments_are_refused_by_connection():
+    with pytest.raises(ValueError, match=r"Connection\(host=...\): 'a..b' is not a host name"):
+        Connection("a..b", 25)
+    with pytest.raises(ValueError, match=r"Connection\(command_timeout=...\)"):
+        Connection(command_timeout=10**12)
+
+
+# -- observers cannot change a result ----------------------------------------
+
+
+def test_a_result_observer_that_raises_changes_nothing(mta_config, mta_smtpd, mta_layers, caplog):
+    seen = []
+
+    class Crashing:
+        @hookimpl(tryfirst=True)
+        def mta_delivery_result(self, refused):
+            raise RuntimeError("the metrics server is down")
+
+    class Counting:
+        @hookimpl
+        def mta_delivery_result(self, envelope, error, result):
+            seen.append((tuple(envelope.recipients), error, result.delivered))
+
+    registry.add("crashing", Crashing())
+    registry.add("counting", Counting())
+    try:
+        mta_layers.push("observers", "[plugin.crashing]\nenabled: yes\n[plugin.counting]\nenabled: yes\n")
+        connection = Connection()
+        assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
+        with Delivery(connection) as delivery:
+            assert delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE).ok
+    finally:
+        registry.remove("crashing")
+        registry.remove("counting")
+    assert len(mta_smtpd.received) == 2
+    assert seen == [(tuple(RECIPIENTS), None, True)] * 2, "the other observer still saw every send"
+    assert "plugin 'crashing' raised in mta_delivery_result; the result stands" in caplog.text
+    assert "the metrics server is down" in caplog.text
+
+
+# -- liveness checks work with any file descriptor ---------------------------
+
+
+def test_liveness_works_above_fd_1024(mta_smtpd):
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while held[-1] < 1100:
+            held.append(os.dup(held[0]))
+        connection = connect(mta_smtpd, noop_after_idle=0.01)
+        connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
+        assert connection.transport.sock.fileno() > 1024
+        time.sleep(0.05)
+        connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
+        mta_smtpd.drop_connections()
+        time.sleep(0.05)
+        assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
+        connection.quit()
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert connection.connection_count == 2
+    assert "NOOP" in mta_smtpd.commands
+    assert len(mta_smtpd.received) == 3

@@ -144,6 +144,9 @@ class _Handler(MessageBase):
         if self.server.credentials is None:
             # aiosmtpd would still offer an empty "AUTH" line.
             hidden.add("AUTH")
+        # aiosmtpd reads commands one line at a time, so it handles
+        # pipelined commands; it just does not say so.
+        responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return [line for line in responses if line[4:].split(" ", 1)[0].upper() not in hidden]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
@@ -306,7 +309,9 @@ class CountingSMTPServer:
         `smtplib.SMTPAuthenticationError`.
     :param ssl_context: a server-side context for implicit TLS (SMTPS).
     :param hidden_extensions: ESMTP extensions to leave out of the EHLO
-        reply (``"8BITMIME"``, ``"SMTPUTF8"``, ``"SIZE"``, ``"STARTTLS"``...).
+        reply (``"8BITMIME"``, ``"SMTPUTF8"``, ``"SIZE"``, ``"STARTTLS"``,
+        ``"PIPELINING"``...).  PIPELINING is offered unless hidden, as
+        Postfix and Exim offer it.
     :param on_message: called with each `ReceivedMessage`, in the server's
         thread, as it arrives.
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`

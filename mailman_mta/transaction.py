@@ -1,0 +1,402 @@
+"""One SMTP mail transaction (MAIL, RCPT..., DATA), with exact accounting.
+
+Written here rather than taken from `smtplib`, on purpose.  ``smtplib``'s
+``sendmail`` keys its bookkeeping by address and gives up part-way: a 421
+or a dropped connection at the second of three RCPTs leaves the first and
+third looking accepted although no copy was sent; it rewrites addresses it
+cannot parse; it pays one round trip per recipient; and it copies the
+message several times.  A list server's delivery layer must know, for
+every recipient, whether the server took the message.  The rules here:
+
+- A recipient is accepted only if its RCPT got a 2xx *and* the end of
+  DATA got a 2xx.  Every other recipient gets a result: the reply its RCPT
+  got if that was a refusal, else the reply or error that ended the
+  transaction (see `TransactionResult`).
+- With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one write
+  and every reply is then read, in order; without it, one command at a
+  time.  Either way, when no recipient was accepted no message data is
+  sent: a server that still answers DATA with 354 is disconnected, so it
+  cannot deliver even an empty message.
+- Addresses go out exactly as given between ``<`` and ``>`` (they were
+  checked as RFC 5321 mailboxes before), with ESMTP parameters checked by
+  `mailman_mta.esmtp`.
+- The message is dot-stuffed and sent without being copied (see
+  `data_segments`).
+
+The engine talks to a `Channel`: something that writes bytes and reads
+`Reply` objects within its timeouts.  `mailman_mta.transport.SMTPTransport`
+is one.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import SMTPProtocolError
+from .replies import Reply
+
+#: The names under which each step appears in results and error messages.
+MAIL, RCPT, DATA, MESSAGE, END_OF_DATA = "MAIL", "RCPT", "DATA", "the message data", "the end of DATA"
+
+#: Where a failure before the transaction (connecting, TLS, AUTH, a message
+#: the server cannot take) is reported as having happened.
+BEFORE = "before MAIL"
+
+#: The most octets of commands written before their replies are read.
+#: Small enough that the commands and their replies fit in any TCP
+#: buffers, so a server that stops reading while its replies wait to be
+#: read cannot deadlock us.
+PIPELINE_OCTETS = 16 * 1024
+
+#: Message data is written in pieces of at most this many octets, each of
+#: which must go out within the command timeout.
+DATA_CHUNK_OCTETS = 1 << 20
+
+
+class Channel(Protocol):
+    """What the engine needs from a connection."""
+
+    where: str
+
+    def write(self, data: bytes, command: str) -> None:
+        """Send *data*, which starts with *command*; raise `smtplib.SMTPServerDisconnected` on failure."""
+
+    def write_data(self, segments: Iterator[bytes | memoryview]) -> None:
+        """Send the message data, segment by segment."""
+
+    def read_reply(self, command: str) -> Reply:
+        """Read the reply to *command* (see `mailman_mta.replies.ReplyReader.read`)."""
+
+    def unread(self) -> int:
+        """Octets received but not read as replies yet."""
+
+    def close(self) -> None:
+        """Drop the connection."""
+
+
+@dataclass
+class TransactionResult:
+    """What happened to one message transaction, recipient by recipient.
+
+    `recipients` are the addresses as sent (duplicates included), and
+    `rcpt_replies[i]` is the reply to the RCPT of ``recipients[i]``, or None
+    when none was read (never sent, or the transaction ended first).  The
+    transaction delivered the message when `error` is None.  Otherwise
+    `stage` names the step that failed (`MAIL`, `RCPT`, `DATA`, `MESSAGE`,
+    `END_OF_DATA`, or `BEFORE` for failures before the transaction), and
+    `reply` is the server's reply that ended it, if a reply did.  `error`
+    is the exception ``smtplib.SMTP.sendmail`` would raise for it.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    rcpt_replies: list[Reply | None] = field(default_factory=list)
+    error: BaseException | None = None
+    stage: str | None = None
+    reply: Reply | None = None
+    #: True once any message data went out: the message cannot be re-sent
+    #: elsewhere without the risk of delivering it twice.
+    data_sent: bool = False
+    pipelined: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.rcpt_replies:
+            self.rcpt_replies = [None] * len(self.recipients)
+
+    @classmethod
+    def failed(cls, sender: str, recipients: Sequence[str], error: BaseException,
+               stage: str = BEFORE, data_sent: bool = False) -> TransactionResult:
+        """A transaction that failed before any recipient was answered."""
+        return cls(sender, tuple(recipients), error=error, stage=stage, data_sent=data_sent)
+
+    @property
+    def delivered(self) -> bool:
+        """Did the server take the message (2xx at the end of DATA)?"""
+        return self.error is None
+
+    @property
+    def may_have_been_delivered(self) -> bool:
+        """The message went out whole and no verdict came back: it may have arrived."""
+        return self.error is not None and self.stage == END_OF_DATA and self.reply is None
+
+    def accepted(self) -> list[int]:
+        """The indexes of the recipients who got the message."""
+        if not self.delivered:
+            return []
+        return [i for i, reply in enumerate(self.rcpt_replies) if reply is not None and reply.code < 300]
+
+    def outcome(self, index: int) -> tuple[Reply | None, BaseException | None]:
+        """Why recipient *index* did not get the message: (reply, error).
+
+        Its own RCPT refusal if it got one; else the reply that ended the
+        transaction; else (None, the error), for a transaction that ended
+        without a reply (a lost connection, a timeout, a reply we could not
+        read).  (None, None) means it was accepted.  When MAIL was refused,
+        that refusal is everyone's: replies to pipelined RCPTs after it
+        only say there was no transaction.
+        """
+        own = self.rcpt_replies[index]
+        if own is not None and own.code >= 400 and self.stage != MAIL:
+            return own, None
+        if self.error is None:
+            return None, None
+        return self.reply, (self.error if self.reply is None else None)
+
+    @property
+    def refused(self) -> dict[str, tuple[int, bytes]]:
+        """Recipients the server refused, as `smtplib.SMTP.sendmail` reports them.
+
+        Every recipient with a server reply against it: its RCPT refusal,
+        or the reply that ended a failed transaction.  A recipient whose
+        transaction ended without a reply is not in it; `error` says why.
+        """
+        refused = {}
+        for index, recipient in enumerate(self.recipients):
+            reply, _ = self.outcome(index)
+            if reply is not None:
+                refused[recipient] = (reply.code, reply.text)
+        return refused
+
+
+def data_segments(data: bytes) -> Iterator[bytes | memoryview]:
+    """The DATA payload for *data* (CRLF line endings): dot-stuffed, then ``.``.
+
+    RFC 5321 4.5.2: a line that starts with a dot gets a second one.  The
+    message itself is never copied: the pieces between stuffed dots are
+    views of it, at most `DATA_CHUNK_OCTETS` each.
+    """
+    view = memoryview(data)
+    start = 0
+    if data.startswith(b"."):
+        yield b"."
+    position = data.find(b"\n.")
+    while position >= 0:
+        yield from _chunks(view, start, position + 1)
+        yield b"."
+        start = position + 1
+        position = data.find(b"\n.", start)
+    yield from _chunks(view, start, len(data))
+    yield b".\r\n" if not data or data.endswith(b"\r\n") else b"\r\n.\r\n"
+
+
+def _chunks(view: memoryview, start: int, end: int) -> Iterator[memoryview]:
+    for offset in range(start, end, DATA_CHUNK_OCTETS):
+        yield view[offset : min(offset + DATA_CHUNK_OCTETS, end)]
+
+
+def _parameters(options: Sequence[str]) -> str:
+    return "".join(" " + option for option in options)
+
+
+class Transaction:
+    """Run one transaction on *channel*; see the module docstring.
+
+    :param sender: the envelope sender, already checked.
+    :param recipients: the envelope recipients, already checked.
+    :param message: the message, CRLF line endings.
+    :param mail_options: ESMTP parameters for MAIL, already checked.
+    :param rcpt_options: ESMTP parameters for every RCPT, already checked.
+    :param pipelining: send MAIL, RCPT and DATA in one write (only when the
+        server offered PIPELINING).
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+        *,
+        pipelining: bool = False,
+    ) -> None:
+        self.channel = channel
+        self.message = message
+        self.result = TransactionResult(sender, tuple(recipients), pipelined=pipelining)
+        self._mail = f"MAIL FROM:<{sender}>{_parameters(mail_options)}\r\n".encode()
+        suffix = f">{_parameters(rcpt_options)}\r\n"
+        self._rcpts = [f"RCPT TO:<{recipient}{suffix}".encode() for recipient in recipients]
+
+    def run(self) -> TransactionResult:
+        """Run the transaction; return its result.  Never raises for an SMTP failure.
+
+        The connection is closed when its state is unknown afterwards (a
+        lost connection, a timeout, an unreadable reply, a 421).
+        """
+        result = self.result
+        try:
+            if self._commands():
+                self._send_message()
+        except (smtplib.SMTPException, OSError) as error:
+            result.error = error
+            result.reply = None
+            self.channel.close()
+        return result
+
+    # -- the command phase: MAIL, RCPT..., DATA ---------------------------
+
+    def _commands(self) -> bool:
+        """Send MAIL, RCPT... and DATA and read their replies; True if the message may follow.
+
+        Commands go out in groups (one command each without pipelining) and
+        every reply of a group is read before the next group is written, so
+        neither side can block writing while the other waits to be read
+        (RFC 2920 section 3.1).  No further group is sent once MAIL has
+        failed, and DATA is not sent once every RCPT has been refused.
+        """
+        channel = self.channel
+        result = self.result
+        lines = [self._mail, *self._rcpts, b"DATA\r\n"]
+        names = [MAIL, *(RCPT for _ in self._rcpts), DATA]
+        last = len(lines) - 1
+        mail = data = None
+        position = 0
+        while position <= last:
+            if mail is not None and mail.code >= 400:
+                break
+            if position == last and not self._any_accepted():
+                break
+            end = self._group_end(lines, position)
+            result.stage = names[position]
+            channel.write(b"".join(lines[position:end]), names[position])
+            for index in range(position, end):
+                reply = self._read(names[index])
+                if reply is None:
+                    return False
+                if index == 0:
+                    mail = reply
+                elif index == last:
+                    data = reply
+                else:
+                    result.rcpt_replies[index - 1] = reply
+            self._expect_nothing_more(names[end - 1])
+            position = end
+        accepted = mail.code < 400 and self._any_accepted()
+        if accepted and data is not None and data.code == 354:
+            return True
+        if accepted:
+            self._fail(DATA, data)
+        elif mail.code >= 400:
+            self._fail(MAIL, mail)
+        else:
+            self._fail(RCPT, None)
+        if data is not None and data.code == 354:
+            # RFC 2920 would have us send a lone dot; a server that invites
+            # data for a transaction it refused might then deliver an empty
+            # message, so it is disconnected instead.
+            channel.close()
+        elif mail.code < 400:
+            self._reset()
+        return False
+
+    def _group_end(self, lines: list[bytes], position: int) -> int:
+        """Where the group of commands starting at *position* ends."""
+        if not self.result.pipelined:
+            return position + 1
+        end = position + 1
+        octets = len(lines[position])
+        while end < len(lines) and octets + len(lines[end]) <= PIPELINE_OCTETS:
+            octets += len(lines[end])
+            end += 1
+        return end
+
+    def _read(self, command: str) -> Reply | None:
+        """The reply to *command*, or None when it was a 421, which ends everything."""
+        self.result.stage = command
+        reply = self.channel.read_reply(command)
+        if reply.code // 100 not in (3 if command == DATA else 2, 4, 5):
+            raise self._protocol_error(command, reply)
+        if reply.code == 421:
+            # RFC 5321 3.8: the server is closing the connection.
+            self._fail(command, reply)
+            self.channel.close()
+            return None
+        return reply
+
+    def _any_accepted(self) -> bool:
+        return any(reply is not None and reply.code < 300 for reply in self.result.rcpt_replies)
+
+    def _fail(self, stage: str, reply: Reply | None) -> bool:
+        """Record that the transaction ended at *stage*; always False."""
+        result = self.result
+        result.stage = stage
+        result.reply = reply
+        if stage == MAIL:
+            result.error = smtplib.SMTPSenderRefused(reply.code, reply.text, result.sender)
+        elif stage == RCPT:
+            result.error = smtplib.SMTPRecipientsRefused(self._everyone_refused(reply))
+        else:
+            result.error = smtplib.SMTPDataError(reply.code, reply.text)
+        return False
+
+    def _everyone_refused(self, ending: Reply | None) -> dict[str, tuple[int, bytes]]:
+        """Every recipient with the reply that refused it (*ending* for the rest)."""
+        refused = {}
+        for recipient, reply in zip(self.result.recipients, self.result.rcpt_replies):
+            if reply is not None and reply.code >= 400:
+                refused[recipient] = (reply.code, reply.text)
+            elif ending is not None:
+                refused[recipient] = (ending.code, ending.text)
+        return refused
+
+    def _reset(self) -> bool:
+        """End a transaction the server holds open (RFC 5321 4.1.1.5); always False.
+
+        The RSET is also a check that the replies read so far lined up with
+        the commands: if its reply is not a lone 250, the refusals read
+        before it cannot be trusted as verdicts, the failure becomes an
+        `SMTPProtocolError` (temporary), and the connection is dropped.
+        """
+        try:
+            self.channel.write(b"RSET\r\n", "RSET")
+            reply = self.channel.read_reply("RSET")
+            if reply.code == 250 and not self.channel.unread():
+                return False
+            problem = f"answered RSET with {reply}"
+        except (smtplib.SMTPException, OSError) as error:
+            problem = f"did not answer RSET properly ({error})"
+        result = self.result
+        result.error = SMTPProtocolError(
+            f"{self.channel.where} {problem} after refusing the transaction, so its refusals "
+            f"({result.error}) cannot be trusted"
+        )
+        result.reply = None
+        self.channel.close()
+        return False
+
+    def _expect_nothing_more(self, command: str) -> None:
+        """Every reply due has been read: anything more means the replies no
+        longer line up with the commands, and none of them can be trusted."""
+        if self.channel.unread():
+            raise SMTPProtocolError(
+                f"{self.channel.where} sent more than one reply per command (found after the reply to "
+                f"{command}); its replies cannot be matched to the commands"
+            )
+
+    def _protocol_error(self, command: str, reply: Reply) -> SMTPProtocolError:
+        return SMTPProtocolError(
+            f"{self.channel.where} answered {command} with {reply.code}, which makes no sense there: {reply}"
+        )
+
+    # -- the message ------------------------------------------------------
+
+    def _send_message(self) -> None:
+        result = self.result
+        result.stage = MESSAGE
+        result.data_sent = True
+        self.channel.write_data(data_segments(self.message))
+        result.stage = END_OF_DATA
+        final = self.channel.read_reply(END_OF_DATA)
+        if final.code // 100 not in (2, 4, 5):
+            raise self._protocol_error(END_OF_DATA, final)
+        self._expect_nothing_more(END_OF_DATA)
+        if final.code >= 400:
+            self._fail(END_OF_DATA, final)
+            if final.code == 421:
+                self.channel.close()
+            return
+        result.stage = None

@@ -1,0 +1,112 @@
+"""Property tests: whatever a relay does, the results tell the truth.
+
+Hypothesis writes the relay's script: at each step of the conversation
+(greeting, EHLO, MAIL, each RCPT, DATA, the end of the data, RSET, QUIT,
+and again on a second connection) the `ScriptedSMTPServer` replies with any
+code, garbage, arbitrary bytes, extra replies, hangs up (keeping the
+message or not), stalls past the timeout, or trickles.  Whatever it did,
+these must hold for `Delivery.deliver`:
+
+1. it returns, and says something about every recipient;
+2. a recipient reported accepted has a copy at the server;
+3. a recipient is permanent only if the server gave it a 5xx that is a
+   verdict (at its RCPT, or at DATA or the end of DATA after accepting it);
+4. the message is never kept twice;
+5. it finishes within the timeouts it was given.
+
+Run more examples with MAILMAN_MTA_HYPOTHESIS_EXAMPLES=2000; under CI the
+examples are derandomized so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailman_mta.connection import Connection
+from mailman_mta.delivery import Delivery
+from mailman_mta.results import PROTOCOL_CODES
+from mailman_mta.testing import Action, ScriptedSMTPServer
+from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS
+
+TIMEOUT = 0.2
+MESSAGE = b"From: list@example.org\r\nSubject: property\r\n\r\n.leading dot\r\nbody\r\n"
+EXAMPLES = int(os.environ.get("MAILMAN_MTA_HYPOTHESIS_EXAMPLES", "60"))
+
+CODES = [220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 454, 500, 501, 502, 503, 504,
+         530, 535, 550, 551, 552, 553, 554, 555]
+#: 5xx replies that are no verdict on a recipient (see mailman_mta.results).
+NOT_VERDICTS = PROTOCOL_CODES | {530, 552}
+
+GARBAGE = [
+    b"garbage\r\n", b"25\r\n", b"-550 minus\r\n", b"2x0 ok\r\n", b"550" + b"x" * 5000 + b"\r\n",
+    b"550-part\r\n250 disagree\r\n", b"\r\n", b"250", b"HTTP/1.1 200 OK\r\n", b"\x00\xff\r\n",
+]
+
+actions = st.one_of(
+    st.just(Action()),
+    st.just(Action()),
+    st.sampled_from(CODES).map(lambda code: Action(reply=b"%d 0.0.0 scripted\r\n" % code)),
+    st.sampled_from(CODES).map(lambda code: Action(reply=b"%d-first\r\n%d last\r\n" % (code, code))),
+    st.sampled_from(CODES).map(lambda code: Action(reply=b"%d bye\r\n" % code, close=True)),
+    st.tuples(st.sampled_from(CODES), st.sampled_from(CODES)).map(
+        lambda codes: Action(reply=b"%d one\r\n%d extra\r\n" % codes)),
+    st.sampled_from(GARBAGE).map(lambda garbage: Action(reply=garbage)),
+    st.binary(max_size=24).map(lambda data: Action(reply=data)),
+    st.booleans().map(lambda keep: Action(reply=b"", close=True, keep=keep)),
+    st.just(Action(hang=True)),
+    st.sampled_from([0.01, 0.05, TIMEOUT * 2]).map(lambda seconds: Action(delay=seconds)),
+    st.just(Action(reply=b"250 2.0.0 slow\r\n", trickle=0.004)),
+)
+
+
+def verdict(code: int | None) -> bool:
+    return code is not None and 500 <= code < 600 and code not in NOT_VERDICTS
+
+
+def refused_permanently_by_server(server: ScriptedSMTPServer, address: str) -> bool:
+    for transaction in server.transactions:
+        for recipient in transaction.recipients:
+            if recipient.address == address and verdict(recipient.code):
+                return True
+        if address in transaction.accepted and (verdict(transaction.data_code) or verdict(transaction.final_code)):
+            return True
+    return False
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=bool(os.environ.get("CI")),
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    script=st.lists(actions, max_size=14),
+    count=st.integers(min_value=1, max_value=4),
+    pipelining=st.booleans(),
+)
+def test_results_tell_the_truth_whatever_the_relay_does(script, count, pipelining):
+    recipients = [f"member{i}@example.com" for i in range(count)]
+    extensions = DEFAULT_EXTENSIONS if pipelining else tuple(e for e in DEFAULT_EXTENSIONS if e != "PIPELINING")
+    with ScriptedSMTPServer(extensions) as server:
+        server.script(*script)
+        connection = Connection(server.hostname, server.port, 0, command_timeout=TIMEOUT, connect_timeout=1)
+        started = time.monotonic()
+        with Delivery(connection) as delivery:
+            result = delivery.deliver("list@example.org", recipients, MESSAGE)
+        elapsed = time.monotonic() - started
+    kept = server.kept
+
+    assert set(result.refused) <= set(recipients)
+    for address in result.accepted:
+        assert any(address in transaction.accepted for transaction in kept), (
+            f"{address} reported accepted, but the server kept no copy for it: {server.transactions}")
+    for address, failure in result.permanent.items():
+        assert refused_permanently_by_server(server, address), (
+            f"{address} reported permanent ({failure}) without a 5xx verdict: {server.transactions}")
+    assert len(kept) <= 1, "the message was kept twice"
+    if kept:
+        assert kept[0].data == MESSAGE
+    # Two attempts at most, each waiting at most TIMEOUT for the greeting,
+    # EHLO, MAIL, every RCPT, DATA, the end of DATA and RSET; then QUIT.
+    waits = 2 * (count + 7) + 1
+    assert elapsed < waits * TIMEOUT + 1.0, f"{elapsed:.2f} s"

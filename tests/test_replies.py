@@ -1,0 +1,205 @@
+"""The reply reader: every reply bounded in time and size, and never misread.
+
+Each test writes raw bytes into one end of a socket pair and reads replies
+from the other, so what the reader is given is exactly what a relay could
+send.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import threading
+import time
+import tracemalloc
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailman_mta.errors import SMTPProtocolError, SMTPTimeoutError
+from mailman_mta.replies import MAX_LINE_OCTETS, MAX_REPLY_OCTETS, Reply, ReplyReader
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    ours.settimeout(2.0)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def reader_for(sock: socket.socket) -> ReplyReader:
+    return ReplyReader(sock, "relay.example:25")
+
+
+def test_single_and_multi_line_replies(pair):
+    ours, theirs = pair
+    theirs.sendall(b"250 OK\r\n250-first\r\n250-second\r\n250 last\r\n354\r\n")
+    reader = reader_for(ours)
+    assert reader.read("MAIL") == Reply(250, (b"OK",))
+    reply = reader.read("EHLO")
+    assert reply.code == 250 and reply.text == b"first\nsecond\nlast"
+    assert reader.read("DATA") == Reply(354, (b"",))
+    assert reader.buffered == 0
+
+
+def test_bare_lf_line_endings_are_read(pair):
+    ours, theirs = pair
+    theirs.sendall(b"250-one\n250 two\n")
+    assert reader_for(ours).read("EHLO").text == b"one\ntwo"
+
+
+def test_replies_that_arrive_together_are_kept_for_the_next_read(pair):
+    ours, theirs = pair
+    theirs.sendall(b"250 a\r\n250 b\r\n354 go\r\n")
+    reader = reader_for(ours)
+    assert [reader.read(c).code for c in ("MAIL", "RCPT", "DATA")] == [250, 250, 354]
+
+
+@pytest.mark.parametrize("garbage, words", [
+    (b"garbage\r\n", "is not SMTP: 'garbage'"),
+    (b"25\r\n", "is not SMTP"),
+    (b"-250 minus\r\n", "is not SMTP"),
+    (b"abc def\r\n", "is not SMTP"),
+    (b"150 one hundred\r\n", "is not SMTP"),
+    (b"650 six hundred\r\n", "is not SMTP"),
+    (b"250x no separator\r\n", "is not SMTP"),
+    (b"\xff\xfe\r\n", "is not SMTP: '\\\\xff\\\\xfe'"),
+    (b"250-part one\r\n550 part two\r\n", "disagree on the code (250 then 550)"),
+])
+def test_a_reply_that_is_not_smtp_is_a_protocol_error(pair, garbage, words):
+    ours, theirs = pair
+    theirs.sendall(garbage)
+    with pytest.raises(SMTPProtocolError, match="relay.example:25 sent a .*reply to RCPT") as caught:
+        reader_for(ours).read("RCPT")
+    assert words in str(caught.value)
+    assert isinstance(caught.value, smtplib.SMTPServerDisconnected), "handled as a lost connection: temporary"
+
+
+def test_an_over_long_line_is_refused_without_reading_it_all(pair):
+    ours, theirs = pair
+    theirs.sendall(b"250 " + b"x" * (MAX_LINE_OCTETS * 4))
+    with pytest.raises(SMTPProtocolError, match=f"longer than {MAX_LINE_OCTETS} octets"):
+        reader_for(ours).read("MAIL")
+
+
+def test_a_line_at_the_limit_is_fine(pair):
+    ours, theirs = pair
+    text = b"y" * (MAX_LINE_OCTETS - 6)
+    theirs.sendall(b"250 " + text + b"\r\n")
+    assert reader_for(ours).read("MAIL").lines == (text,)
+
+
+def test_a_huge_multi_line_reply_fails_and_memory_stays_flat(pair):
+    """A relay offering a 200 MB EHLO reply costs us at most MAX_REPLY_OCTETS."""
+    ours, theirs = pair
+    line = b"250-" + b"z" * 996 + b"\r\n"
+    stop = threading.Event()
+
+    def flood():
+        sent = 0
+        try:
+            while sent < 200 * 1024 * 1024 and not stop.is_set():
+                theirs.sendall(line * 64)
+                sent += len(line) * 64
+        except OSError:
+            pass
+
+    writer = threading.Thread(target=flood, daemon=True)
+    tracemalloc.start()
+    try:
+        writer.start()
+        with pytest.raises(SMTPProtocolError, match=f"larger than {MAX_REPLY_OCTETS} octets"):
+            reader_for(ours).read("EHLO")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        ours.shutdown(socket.SHUT_RDWR)
+        writer.join(timeout=5)
+    assert peak < 4 * MAX_REPLY_OCTETS + 256 * 1024, f"peak {peak} octets"
+
+
+def test_the_timeout_caps_the_whole_reply_not_each_recv(pair):
+    """A relay that trickles a byte every 50 ms must not stretch a 0.3 s timeout."""
+    ours, theirs = pair
+    ours.settimeout(0.3)
+    stop = threading.Event()
+
+    def trickle():
+        for byte in b"250-a never ending reply\r\n" * 100:
+            if stop.wait(0.05):
+                return
+            try:
+                theirs.send(bytes([byte]))
+            except OSError:
+                return
+
+    writer = threading.Thread(target=trickle, daemon=True)
+    writer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(SMTPTimeoutError, match="relay.example:25 did not answer EHLO within 0.3 s"):
+            reader_for(ours).read("EHLO")
+    finally:
+        stop.set()
+        writer.join(timeout=5)
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 1.0, elapsed
+    assert ours.gettimeout() == 0.3, "the socket's own timeout is left as it was"
+
+
+def test_a_multi_line_reply_that_never_ends_times_out(pair):
+    ours, theirs = pair
+    ours.settimeout(0.2)
+    theirs.sendall(b"250-first\r\n250-second\r\n")
+    with pytest.raises(SMTPTimeoutError, match="did not answer EHLO within 0.2 s"):
+        reader_for(ours).read("EHLO")
+
+
+def test_a_hang_up_in_the_middle_of_a_reply(pair):
+    ours, theirs = pair
+    theirs.sendall(b"250-first\r\n250 sec")
+    theirs.close()
+    with pytest.raises(smtplib.SMTPServerDisconnected,
+                       match="relay.example:25 closed the connection while waiting for the reply to RCPT"):
+        reader_for(ours).read("RCPT")
+
+
+def test_a_mask_hides_what_the_server_echoes(pair):
+    ours, theirs = pair
+    theirs.sendall(b"535 5.7.8 bad credentials czNjcjN0 for you\r\n")
+    reader = ReplyReader(ours, "relay.example:25", mask=lambda text: text.replace(b"czNjcjN0", b"***"))
+    assert reader.read("AUTH").text == b"5.7.8 bad credentials *** for you"
+
+
+codes = st.integers(min_value=200, max_value=599)
+texts = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+                 min_size=1, max_size=5)
+
+
+@given(st.lists(st.tuples(codes, texts), min_size=1, max_size=5), st.integers(min_value=1, max_value=50))
+def test_any_well_formed_replies_read_back_exactly_however_they_are_split(replies, piece):
+    """Replies come back the same however the bytes are cut into packets."""
+    wire = b"".join(
+        b"".join(b"%d%s%s\r\n" % (code, b"-" if i < len(lines) - 1 else b" ", line) for i, line in enumerate(lines))
+        for code, lines in replies
+    )
+    ours, theirs = socket.socketpair()
+    ours.settimeout(2)
+    try:
+        def write():
+            for start in range(0, len(wire), piece):
+                theirs.sendall(wire[start:start + piece])
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        reader = reader_for(ours)
+        got = [reader.read("NOOP") for _ in replies]
+        writer.join()
+    finally:
+        ours.close()
+        theirs.close()
+    assert got == [Reply(code, tuple(line.strip(b" \t") for line in lines)) for code, lines in replies]
