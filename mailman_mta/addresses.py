@@ -15,6 +15,7 @@ server can take it (SMTPUTF8) is decided later, in `mailman_mta.esmtp`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -44,12 +45,14 @@ _PLAIN = re.compile(
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def mailbox_problem(address: str) -> str | None:
     """Why *address* is not an RFC 5321 ``Mailbox``, or None if it is one.
 
     The reason completes a sentence such as "recipient 'x' is not an
     envelope address: ...".  The length limit, `MAX_ADDRESS_OCTETS`, is
-    the caller's to check.
+    the caller's to check.  Answers are remembered: a list server sends to
+    the same members again and again.
     """
     if _PLAIN.fullmatch(address) is not None:
         return None

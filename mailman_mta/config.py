@@ -282,6 +282,10 @@ class Settings:
             for name, section in sections.items()
             if name.startswith(PLUGIN_CATEGORY + ".")
         }
+        # Plain attributes for the plain names, read on every send.
+        for name, section in sections.items():
+            if name.isidentifier() and name not in ("plugins", "_sections"):
+                setattr(self, name, section)
 
     def __getattr__(self, name: str) -> SectionSettings:
         try:

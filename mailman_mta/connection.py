@@ -144,6 +144,8 @@ class Connection:
         self._ssl_context = ssl_context
         self._debug = bool(debug)
         self.transport: ITransport | None = None
+        #: Whether the open transport runs our exact transactions.
+        self._exact = False
         self.session_count = 0
         self.connection_count = 0
         self.connected_at: float | None = None
@@ -165,10 +167,10 @@ class Connection:
 
     def setting(self, key: str) -> Any:
         """The value of ``[mta] key`` for this connection."""
-        try:
-            return self._explicit[key]
-        except KeyError:
-            return self.config.settings.mta[key]
+        explicit = self._explicit
+        if key in explicit:
+            return explicit[key]
+        return self.config.settings.mta[key]
 
     @property
     def host(self) -> str:
@@ -255,9 +257,11 @@ class Connection:
         hook = config.hook
         hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
         envelope.check()
-        hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
-        esmtp.check_parameters(envelope.mail_options, "MAIL")
-        esmtp.check_parameters(envelope.rcpt_options, "RCPT")
+        if hook.mta_prepare_message.get_hookimpls():
+            hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
+        if envelope.mail_options or envelope.rcpt_options:
+            esmtp.check_parameters(envelope.mail_options, "MAIL")
+            esmtp.check_parameters(envelope.rcpt_options, "RCPT")
         if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
             self.quit()
         try:
@@ -291,7 +295,7 @@ class Connection:
             if self.transport is None:
                 self._connect(config, hook)
             transport = self.transport
-            ours = IMessageTransactions.providedBy(transport)
+            ours = self._exact
             if ours:
                 result = transport.transact(envelope, pipelining=self.setting("pipelining"))
             else:
@@ -318,9 +322,12 @@ class Connection:
         result, nor keep the others from seeing it.
         """
         config = self.config
+        implementations = config.hook.mta_delivery_result.get_hookimpls()
+        if not implementations:
+            return
         arguments = dict(config=config, connection=self, envelope=envelope, refused=result.refused,
                          error=result.error, result=result)
-        for implementation in reversed(config.hook.mta_delivery_result.get_hookimpls()):
+        for implementation in reversed(implementations):
             try:
                 implementation.function(**{name: arguments[name] for name in implementation.argnames})
             except Exception:
@@ -345,6 +352,7 @@ class Connection:
     def _connect(self, config: Configuration, hook: Any) -> None:
         transport = self.open_transport()
         self.transport = transport
+        self._exact = IMessageTransactions.providedBy(transport)
         self.session_count = 0
         self.connection_count += 1
         self.connected_at = self.last_used_at = time.monotonic()

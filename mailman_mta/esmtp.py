@@ -50,9 +50,10 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
     server lacks an extension the message cannot do without, or the message
     exceeds the server's SIZE, and `EnvelopeError` for a malformed parameter.
     """
-    check_parameters(envelope.mail_options, "MAIL")
-    check_parameters(envelope.rcpt_options, "RCPT")
     options = list(envelope.mail_options)
+    if options or envelope.rcpt_options:
+        check_parameters(options, "MAIL")
+        check_parameters(envelope.rcpt_options, "RCPT")
     declared = {option.split("=", 1)[0].upper() for option in options}
     message = envelope.message
     where = f"{getattr(transport, '_host', '') or 'the server'}"
@@ -66,7 +67,7 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
         if "SIZE" not in declared:
             options.append(f"SIZE={len(message)}")
 
-    addresses_ascii = envelope.sender.isascii() and all(r.isascii() for r in envelope.recipients)
+    addresses_ascii = envelope.sender.isascii() and "".join(envelope.recipients).isascii()
     if not addresses_ascii:
         if not transport.has_extn("smtputf8"):
             raise UnsendableMessageError(

@@ -65,6 +65,15 @@ class IConnection(Interface):
     def send(envelope):
         """Send a `mailman_mta.envelope.Envelope`; otherwise like `sendmail`."""
 
+    def transact(envelope):
+        """Send a `mailman_mta.envelope.Envelope`; return its `TransactionResult`.
+
+        Never raises for a failure to deliver: the result says, recipient by
+        recipient, what the server answered, and holds the error `sendmail`
+        would raise.  Raises only what the plugins that rewrite and prepare
+        the envelope raise, before anything is sent.
+        """
+
     def open_transport():
         """Open a new `ITransport` through the hooks without adopting it (diagnostics)."""
 

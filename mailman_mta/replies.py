@@ -23,10 +23,11 @@ kept as bytes, and the text after the code is joined with newlines, as
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from .errors import SMTPProtocolError, SMTPTimeoutError
@@ -40,6 +41,9 @@ MAX_LINE_OCTETS = 4096
 MAX_REPLY_OCTETS = 64 * 1024
 
 _RECV_OCTETS = 64 * 1024
+
+# The usual case, a whole one-line reply already buffered, in one match.
+_ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?:[ \t]+([^\r\n]*?))?[ \t]*\r?\n")
 
 
 class Reply(NamedTuple):
@@ -81,6 +85,11 @@ class ReplyReader:
         self.where = where
         self.mask = mask
         self._buffer = bytearray()
+        #: When waiting for the current reply began; None before any wait.
+        self._started: float | None = None
+        #: The socket's own timeout, while it is shortened to what is left.
+        self._budget: float | None = None
+        self._shortened = False
 
     @property
     def buffered(self) -> int:
@@ -95,38 +104,83 @@ class ReplyReader:
         the server closes the connection first, and `SMTPProtocolError`
         for a reply that is not SMTP or is too large.
         """
-        budget = self.sock.gettimeout()
-        deadline = None if budget is None else time.monotonic() + budget
+        buffer = self._buffer
+        self._started = None
+        match = _ONE_LINE.match(buffer)
+        if match is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
+            self._receive(command)
+            match = _ONE_LINE.match(buffer)
+        if match is not None and match.end() <= MAX_LINE_OCTETS:
+            code, text = int(match[1]), bytes(match[2] or b"")
+            del buffer[: match.end()]
+            return Reply(code, (text if self.mask is None else self.mask(text),))
+        try:
+            return self._read_lines(command)
+        finally:
+            if self._shortened:
+                self._shortened = False
+                self.sock.settimeout(self._budget)
+
+    def read_many(self, commands: Sequence[str]) -> Iterator[Reply]:
+        """The replies to *commands*, in order, each as soon as it is read.
+
+        Stops after a 421, since the server closes the connection then and
+        sends nothing more.  A reply read before a failure is never lost:
+        it has been handed out already.
+        """
+        done = 0
+        while done < len(commands):
+            replies = self._buffered_replies(len(commands) - done) or [self.read(commands[done])]
+            for reply in replies:
+                yield reply
+                if reply.code == 421:
+                    return
+            done += len(replies)
+
+    def _buffered_replies(self, most: int) -> list[Reply]:
+        """Up to *most* one-line replies that are already buffered, parsed in one pass."""
+        buffer = self._buffer
+        mask = self.mask
+        replies = []
+        position = 0
+        while len(replies) < most:
+            match = _ONE_LINE.match(buffer, position)
+            if match is None or match.end() - position > MAX_LINE_OCTETS:
+                break
+            text = bytes(match[2] or b"")
+            code = int(match[1])
+            replies.append(Reply(code, (text if mask is None else mask(text),)))
+            position = match.end()
+            if code == 421:
+                break
+        del buffer[:position]
+        return replies
+
+    def _read_lines(self, command: str) -> Reply:
+        """The general case: several lines, or lines that arrive in pieces."""
         code = None
         lines = []
         total = 0
-        try:
-            while True:
-                line = self._line(command, deadline, budget)
-                total += len(line) + 2
-                if total > MAX_REPLY_OCTETS:
-                    raise SMTPProtocolError(
-                        f"{self.where} sent a reply to {command} larger than {MAX_REPLY_OCTETS} octets"
-                    )
-                this_code, more, text = self._parse(line, command)
-                if code is None:
-                    code = this_code
-                elif this_code != code:
-                    raise SMTPProtocolError(
-                        f"{self.where} sent a multi-line reply to {command} whose lines "
-                        f"disagree on the code ({code} then {this_code})"
-                    )
-                lines.append(text)
-                if not more:
-                    break
-        finally:
-            if budget is not None and self.sock.gettimeout() != budget:
-                self.sock.settimeout(budget)
-        if self.mask is not None:
-            lines = [self.mask(text) for text in lines]
-        return Reply(code, tuple(lines))
+        while True:
+            line = self._line(command)
+            total += len(line) + 2
+            if total > MAX_REPLY_OCTETS:
+                raise SMTPProtocolError(
+                    f"{self.where} sent a reply to {command} larger than {MAX_REPLY_OCTETS} octets"
+                )
+            this_code, more, text = self._parse(line, command)
+            if code is None:
+                code = this_code
+            elif this_code != code:
+                raise SMTPProtocolError(
+                    f"{self.where} sent a multi-line reply to {command} whose lines "
+                    f"disagree on the code ({code} then {this_code})"
+                )
+            lines.append(text if self.mask is None else self.mask(text))
+            if not more:
+                return Reply(code, tuple(lines))
 
-    def _line(self, command: str, deadline: float | None, budget: float | None) -> bytes:
+    def _line(self, command: str) -> bytes:
         """The next line, without its line ending (CRLF, or a bare LF)."""
         buffer = self._buffer
         scanned = 0
@@ -141,21 +195,32 @@ class ReplyReader:
             if len(buffer) >= MAX_LINE_OCTETS:
                 break
             scanned = len(buffer)
-            self._receive(command, deadline, budget)
+            self._receive(command)
         raise SMTPProtocolError(
             f"{self.where} sent a reply line to {command} longer than {MAX_LINE_OCTETS} octets"
         )
 
-    def _receive(self, command: str, deadline: float | None, budget: float | None) -> None:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
+    def _receive(self, command: str) -> None:
+        """Wait for more bytes, within what is left of the reply's time.
+
+        The first wait for a reply gets the socket's whole timeout, as set;
+        later ones only what is left of it, so the socket's timeout is
+        shortened until the reply is complete.
+        """
+        sock = self.sock
+        if self._started is None:
+            self._started = time.monotonic()
+            self._budget = sock.gettimeout()
+        elif self._budget is not None:
+            remaining = self._started + self._budget - time.monotonic()
             if remaining <= 0:
-                raise SMTPTimeoutError(f"{self.where} did not answer {command} within {budget:g} s")
-            self.sock.settimeout(remaining)
+                raise self._timed_out(command)
+            sock.settimeout(remaining)
+            self._shortened = True
         try:
-            chunk = self.sock.recv(_RECV_OCTETS)
+            chunk = sock.recv(_RECV_OCTETS)
         except TimeoutError:
-            raise SMTPTimeoutError(f"{self.where} did not answer {command} within {budget:g} s") from None
+            raise self._timed_out(command) from None
         except OSError as error:
             raise smtplib.SMTPServerDisconnected(
                 f"{self.where} closed the connection while waiting for the reply to {command} ({error})"
@@ -165,6 +230,9 @@ class ReplyReader:
                 f"{self.where} closed the connection while waiting for the reply to {command}"
             )
         self._buffer += chunk
+
+    def _timed_out(self, command: str) -> SMTPTimeoutError:
+        return SMTPTimeoutError(f"{self.where} did not answer {command} within {self._budget:g} s")
 
     def _parse(self, line: bytes, command: str) -> tuple[int, bool, bytes]:
         """(code, more lines follow, text) of one reply line, or raise."""

@@ -165,11 +165,12 @@ _MAYBE = " (the whole message had been sent, so it may have arrived; it is not s
 def failures_of(result: TransactionResult) -> dict[int, Failure]:
     """The `Failure` of each recipient (by index) who did not get the message.
 
-    A transaction whose replies stopped making sense gives no verdicts at
-    all: a shifted reply can make one recipient's refusal look like
-    another's, so every recipient gets the same temporary failure.
+    A transaction whose replies may not line up with its commands
+    (``result.in_step`` is false) gives no verdicts at all: a shifted reply
+    can make one recipient's refusal look like another's, so every
+    recipient gets the same temporary failure.
     """
-    if isinstance(result.error, SMTPProtocolError):
+    if not result.in_step:
         failure = failure_of(result.error, result.stage)
         return dict.fromkeys(range(len(result.recipients)), failure)
     failures = {}

@@ -31,8 +31,9 @@ is one.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from .errors import SMTPProtocolError
@@ -50,6 +51,15 @@ BEFORE = "before MAIL"
 #: buffers, so a server that stops reading while its replies wait to be
 #: read cannot deadlock us.
 PIPELINE_OCTETS = 16 * 1024
+
+# The replies that mean yes to each command (RFC 5321 4.3.2; 252 at RCPT is
+# taken as 250, as some servers use it so).  Any other code below 400 makes
+# no sense there: a reply for another command, arrived out of turn.
+_SUCCESS = {MAIL: frozenset({250}), RCPT: frozenset({250, 251, 252}), DATA: frozenset({354}),
+            END_OF_DATA: frozenset({250})}
+
+#: Messages shorter than this are copied once to go out in one write.
+SHORT_MESSAGE_OCTETS = 32 * 1024
 
 #: Message data is written in pieces of at most this many octets, each of
 #: which must go out within the command timeout.
@@ -69,6 +79,12 @@ class Channel(Protocol):
 
     def read_reply(self, command: str) -> Reply:
         """Read the reply to *command* (see `mailman_mta.replies.ReplyReader.read`)."""
+
+    def read_replies(self, commands: Sequence[str]) -> Iterator[Reply]:
+        """Read the replies to *commands*, stopping after a 421 (see `ReplyReader.read_many`).
+
+        The caller closes the channel when reading fails.
+        """
 
     def unread(self) -> int:
         """Octets received but not read as replies yet."""
@@ -101,6 +117,10 @@ class TransactionResult:
     #: elsewhere without the risk of delivering it twice.
     data_sent: bool = False
     pipelined: bool = False
+    #: False when the replies may not line up with the commands (the
+    #: transaction ended part-way through a pipelined group's replies, or
+    #: with a reply that made no sense): then no refusal in it is a verdict.
+    in_step: bool = True
 
     def __post_init__(self) -> None:
         if not self.rcpt_replies:
@@ -145,13 +165,14 @@ class TransactionResult:
             return None, None
         return self.reply, (self.error if self.reply is None else None)
 
-    @property
+    @cached_property
     def refused(self) -> dict[str, tuple[int, bytes]]:
         """Recipients the server refused, as `smtplib.SMTP.sendmail` reports them.
 
         Every recipient with a server reply against it: its RCPT refusal,
         or the reply that ended a failed transaction.  A recipient whose
         transaction ended without a reply is not in it; `error` says why.
+        Worked out once, when first asked for after the transaction.
         """
         refused = {}
         for index, recipient in enumerate(self.recipients):
@@ -161,13 +182,22 @@ class TransactionResult:
         return refused
 
 
-def data_segments(data: bytes) -> Iterator[bytes | memoryview]:
+def data_segments(data: bytes) -> Iterable[bytes | memoryview]:
     """The DATA payload for *data* (CRLF line endings): dot-stuffed, then ``.``.
 
     RFC 5321 4.5.2: a line that starts with a dot gets a second one.  The
     message itself is never copied: the pieces between stuffed dots are
-    views of it, at most `DATA_CHUNK_OCTETS` each.
+    views of it, at most `DATA_CHUNK_OCTETS` each.  (A short message with
+    no line to stuff goes out as one piece with its terminator: copying a
+    few kilobytes costs less than a second write.)
     """
+    terminator = b".\r\n" if not data or data.endswith(b"\r\n") else b"\r\n.\r\n"
+    if len(data) < SHORT_MESSAGE_OCTETS and b"\n." not in data and not data.startswith(b"."):
+        return (data + terminator,)
+    return _stuffed(data, terminator)
+
+
+def _stuffed(data: bytes, terminator: bytes) -> Iterator[bytes | memoryview]:
     view = memoryview(data)
     start = 0
     if data.startswith(b"."):
@@ -179,7 +209,7 @@ def data_segments(data: bytes) -> Iterator[bytes | memoryview]:
         start = position + 1
         position = data.find(b"\n.", start)
     yield from _chunks(view, start, len(data))
-    yield b".\r\n" if not data or data.endswith(b"\r\n") else b"\r\n.\r\n"
+    yield terminator
 
 
 def _chunks(view: memoryview, start: int, end: int) -> Iterator[memoryview]:
@@ -217,9 +247,11 @@ class Transaction:
         self.channel = channel
         self.message = message
         self.result = TransactionResult(sender, tuple(recipients), pipelined=pipelining)
+        self._reading_group = False
         self._mail = f"MAIL FROM:<{sender}>{_parameters(mail_options)}\r\n".encode()
         suffix = f">{_parameters(rcpt_options)}\r\n"
         self._rcpts = [f"RCPT TO:<{recipient}{suffix}".encode() for recipient in recipients]
+        self._octets = len(self._mail) + sum(map(len, self._rcpts)) + len(b"DATA\r\n")
 
     def run(self) -> TransactionResult:
         """Run the transaction; return its result.  Never raises for an SMTP failure.
@@ -234,6 +266,13 @@ class Transaction:
         except (smtplib.SMTPException, OSError) as error:
             result.error = error
             result.reply = None
+            # A reply that made no sense may be one meant for another
+            # command; and a pipelined group that did not get all its
+            # replies may have lost one on the way, so that every reply
+            # after it answers another command.  Either way, no reply in
+            # this transaction can be taken as a verdict.
+            if isinstance(error, SMTPProtocolError) or self._reading_group:
+                result.in_step = False
             self.channel.close()
         return result
 
@@ -250,22 +289,36 @@ class Transaction:
         """
         channel = self.channel
         result = self.result
+        pipelined = result.pipelined
         lines = [self._mail, *self._rcpts, b"DATA\r\n"]
         names = [MAIL, *(RCPT for _ in self._rcpts), DATA]
         last = len(lines) - 1
         mail = data = None
+        accepted = 0
         position = 0
         while position <= last:
             if mail is not None and mail.code >= 400:
                 break
-            if position == last and not self._any_accepted():
+            if position == last and not accepted:
                 break
-            end = self._group_end(lines, position)
+            end = self._group_end(lines, position) if pipelined else position + 1
             result.stage = names[position]
-            channel.write(b"".join(lines[position:end]), names[position])
-            for index in range(position, end):
-                reply = self._read(names[index])
-                if reply is None:
+            if end == position + 1:
+                channel.write(lines[position], names[position])
+                replies: Iterable[Reply] = (channel.read_reply(names[position]),)
+            else:
+                channel.write(b"".join(lines[position:end]), names[position])
+                replies = channel.read_replies(names[position:end])
+            self._reading_group = pipelined
+            for index, reply in enumerate(replies, position):
+                name = result.stage = names[index]
+                code = reply.code
+                if code < 400 and code not in _SUCCESS[name]:
+                    raise self._protocol_error(name, reply)
+                if code == 421:
+                    # RFC 5321 3.8: the server is closing the connection.
+                    self._fail(name, reply)
+                    channel.close()
                     return False
                 if index == 0:
                     mail = reply
@@ -273,12 +326,15 @@ class Transaction:
                     data = reply
                 else:
                     result.rcpt_replies[index - 1] = reply
-            self._expect_nothing_more(names[end - 1])
+                    accepted += code < 400
+            if channel.unread():
+                raise self._out_of_step(names[end - 1])
+            self._reading_group = False
             position = end
-        accepted = mail.code < 400 and self._any_accepted()
-        if accepted and data is not None and data.code == 354:
+        transaction_open = mail.code < 400 and accepted > 0
+        if transaction_open and data is not None and data.code == 354:
             return True
-        if accepted:
+        if transaction_open:
             self._fail(DATA, data)
         elif mail.code >= 400:
             self._fail(MAIL, mail)
@@ -294,31 +350,15 @@ class Transaction:
         return False
 
     def _group_end(self, lines: list[bytes], position: int) -> int:
-        """Where the group of commands starting at *position* ends."""
-        if not self.result.pipelined:
-            return position + 1
+        """Where the pipelined group of commands starting at *position* ends."""
+        if position == 0 and self._octets <= PIPELINE_OCTETS:
+            return len(lines)
         end = position + 1
         octets = len(lines[position])
         while end < len(lines) and octets + len(lines[end]) <= PIPELINE_OCTETS:
             octets += len(lines[end])
             end += 1
         return end
-
-    def _read(self, command: str) -> Reply | None:
-        """The reply to *command*, or None when it was a 421, which ends everything."""
-        self.result.stage = command
-        reply = self.channel.read_reply(command)
-        if reply.code // 100 not in (3 if command == DATA else 2, 4, 5):
-            raise self._protocol_error(command, reply)
-        if reply.code == 421:
-            # RFC 5321 3.8: the server is closing the connection.
-            self._fail(command, reply)
-            self.channel.close()
-            return None
-        return reply
-
-    def _any_accepted(self) -> bool:
-        return any(reply is not None and reply.code < 300 for reply in self.result.rcpt_replies)
 
     def _fail(self, stage: str, reply: Reply | None) -> bool:
         """Record that the transaction ended at *stage*; always False."""
@@ -365,17 +405,17 @@ class Transaction:
             f"({result.error}) cannot be trusted"
         )
         result.reply = None
+        result.in_step = False
         self.channel.close()
         return False
 
-    def _expect_nothing_more(self, command: str) -> None:
-        """Every reply due has been read: anything more means the replies no
+    def _out_of_step(self, command: str) -> SMTPProtocolError:
+        """Every reply due has been read, and there is more: the replies no
         longer line up with the commands, and none of them can be trusted."""
-        if self.channel.unread():
-            raise SMTPProtocolError(
-                f"{self.channel.where} sent more than one reply per command (found after the reply to "
-                f"{command}); its replies cannot be matched to the commands"
-            )
+        return SMTPProtocolError(
+            f"{self.channel.where} sent more than one reply per command (found after the reply to "
+            f"{command}); its replies cannot be matched to the commands"
+        )
 
     def _protocol_error(self, command: str, reply: Reply) -> SMTPProtocolError:
         return SMTPProtocolError(
@@ -391,9 +431,10 @@ class Transaction:
         self.channel.write_data(data_segments(self.message))
         result.stage = END_OF_DATA
         final = self.channel.read_reply(END_OF_DATA)
-        if final.code // 100 not in (2, 4, 5):
+        if final.code < 400 and final.code not in _SUCCESS[END_OF_DATA]:
             raise self._protocol_error(END_OF_DATA, final)
-        self._expect_nothing_more(END_OF_DATA)
+        if self.channel.unread():
+            raise self._out_of_step(END_OF_DATA)
         if final.code >= 400:
             self._fail(END_OF_DATA, final)
             if final.code == 421:

@@ -213,6 +213,19 @@ class SMTPTransport(smtplib.SMTP):
             self._print_debug("reply:", str(reply))
         return reply
 
+    def read_replies(self, commands: Sequence[str]) -> Iterator[Reply]:
+        """The replies to pipelined *commands*; see `ReplyReader.read_many`.
+
+        The caller closes the connection if reading fails part-way.
+        """
+        replies = self._reply_reader().read_many(commands)
+        return replies if self.debuglevel <= 0 else self._logged(replies)
+
+    def _logged(self, replies: Iterator[Reply]) -> Iterator[Reply]:
+        for reply in replies:
+            self._print_debug("reply:", str(reply))
+            yield reply
+
     def unread(self) -> int:
         """Octets received from the server and not yet read as a reply."""
         reader = self._reader

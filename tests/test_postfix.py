@@ -8,6 +8,7 @@ a skipped test here is a failure.
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import time
 
@@ -188,3 +189,34 @@ def test_verp_through_postfix(at_postfix, capture):
     delivered = capture.wait_for_messages(2)
     assert sorted(m.mail_from for m in delivered) == [
         "bounces+anne=example.com@lists.example.org", "bounces+bart=example.com@lists.example.org"]
+
+
+def sent_before_first_reply(records) -> list[str]:
+    """The commands our transcript shows going out before the first reply after EHLO."""
+    lines = [record.getMessage().split(" ", 1)[1] for record in records]
+    start = max(i for i, line in enumerate(lines) if line.startswith("send: 'ehlo")) + 2
+    sent = []
+    for line in lines[start:]:
+        if line.startswith("reply:"):
+            break
+        sent.append(line.split("'")[1].split(":")[0].split(" ")[0].strip("\\r\\n"))
+    return sent
+
+
+def test_pipelining_with_postfix_reports_every_recipient(at_postfix, postfix, capture, caplog):
+    caplog.set_level(logging.DEBUG, logger="mailman_mta.transcript")
+    members = ["bart@example.com", "refused@example.com", "cate@example.com"]
+    connection = Connection(debug=True)
+    with Delivery(connection) as delivery:
+        result = delivery.deliver("anne@example.com", members, POST)
+        all_refused = delivery.deliver("anne@example.com", ["refused@example.com"], POST)
+        again = delivery.deliver("anne@example.com", ["dave@example.com"], POST)
+    assert sent_before_first_reply(caplog.records) == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]
+    assert result.accepted == ("bart@example.com", "cate@example.com")
+    assert result.permanent["refused@example.com"].code == 550
+    assert all_refused.permanent["refused@example.com"].code == 550
+    assert again.ok and connection.connection_count == 1, "the refused transaction left the connection usable"
+    delivered = capture.wait_for_messages(2)
+    assert sorted(m.rcpt_tos for m in delivered) == [("bart@example.com", "cate@example.com"), ("dave@example.com",)]
+    log = postfix.wait_for_log("to=<dave@example.com>")
+    assert "improper command pipelining" not in log

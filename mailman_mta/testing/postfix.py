@@ -12,7 +12,9 @@ configuration alone.  The instance:
   against its own sasldb holding `users`;
 - refuses the recipients in `refused` with a real Postfix reply;
 - relays everything else to ``[127.0.0.1]:relay_port``, normally a
-  `CountingSMTPServer`, so a test can see exactly what Postfix delivered.
+  `CountingSMTPServer`, so a test can see exactly what Postfix delivered;
+  or, with ``discard=True``, accepts and throws every message away (for
+  benchmarks: Postfix's own cost, with nothing behind it).
 
 It needs root and the Debian packages in `PACKAGES`; `install()` gets them
 with apt-get, and `unavailable()` says why a testbed cannot run here.
@@ -119,6 +121,7 @@ class PostfixTestbed:
     """A private Postfix instance; see the module docstring.
 
     :param relay_port: where on 127.0.0.1 Postfix hands every message on.
+    :param discard: accept every message and throw it away instead.
     :param users: SASL user name -> password.
     :param refused: recipient -> an access(5) action refusing it, such as
         ``"550 5.1.1 Mailbox unavailable"``; Postfix answers RCPT with that
@@ -127,12 +130,16 @@ class PostfixTestbed:
 
     def __init__(
         self,
-        relay_port: int,
+        relay_port: int | None = None,
         *,
+        discard: bool = False,
         users: Mapping[str, str] | None = None,
         refused: Mapping[str, str] | None = None,
     ) -> None:
+        if (relay_port is None) != discard:
+            raise ValueError("give a relay_port, or discard=True, but not both")
         self.relay_port = relay_port
+        self.discard = discard
         self.users = dict(users if users is not None else {"testuser": "testpass"})
         self.refused = dict(refused or {})
         self.hostname = "127.0.0.1"
@@ -251,11 +258,15 @@ class PostfixTestbed:
             "data_directory": str(data),
             "maillog_file": str(base / "maillog"),
             "maillog_file_prefixes": str(base),
-            "relayhost": f"[127.0.0.1]:{self.relay_port}",
+
             "smtpd_recipient_restrictions": f"check_recipient_access texthash:{config / 'recipient_access'}",
             "smtpd_tls_chain_files": str(config / "server.pem"),
             "cyrus_sasl_config_path": str(config / "sasl"),
         })
+        if self.discard:
+            settings.update(default_transport="discard", relay_transport="discard", local_transport="discard")
+        else:
+            settings["relayhost"] = f"[127.0.0.1]:{self.relay_port}"
         self._postconf("-e", *(f"{key} = {value}" for key, value in settings.items()))
         self._postconf("-F", "*/*/chroot = n")
         self._postconf("-M#", "smtp/inet")

@@ -1,0 +1,431 @@
+"""How fast mailman-mta hands mail over, against smtplib and the protocol's limit.
+
+    .venv/bin/pip install -e '.[bench]'     # aiosmtplib and matplotlib
+    .venv/bin/python benchmarks/run.py      # about two minutes; --quick for seconds
+
+Every client sends the same list post to the same server, in rounds, the
+clients taking turns within each round, so a slow patch of the machine hurts
+them alike.  The baseline is raw ``smtplib`` on one reused connection,
+measured in the same run; every ratio is the median, over the rounds, of a
+client's figure over the baseline's in the same round.
+Client CPU is this process's CPU time: the servers run in processes of their
+own (an aiosmtpd sink, the same behind a proxy that adds 3 ms of round trip,
+and a real Postfix that discards, when Postfix can be started here).
+
+Results: a markdown table on standard output, ``benchmarks/results.json``,
+and ``benchmarks/results.png`` (a bar chart of the ratios) when matplotlib
+is installed.  Everything started is stopped; nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import smtplib
+import socket
+import statistics
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import Peer  # noqa: E402
+
+from mailman_mta.connection import Connection  # noqa: E402
+from mailman_mta.delivery import Delivery  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SENDER = "list-bounces@lists.example.org"
+DOMAINS = ["example.com", "example.org", "example.net", "lists.example.edu"]
+POST = (
+    b"From: Anne Person <anne@example.com>\r\nTo: list@lists.example.org\r\n"
+    b"Subject: [list] A post of ordinary length\r\nMessage-ID: <bench@example.com>\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    + b"A line of an ordinary list post, about seventy characters long, no more.\r\n" * 30
+)
+
+
+def members(count: int) -> list[str]:
+    return [f"member{i}@{DOMAINS[i % len(DOMAINS)]}" for i in range(count)]
+
+
+# -- clients ----------------------------------------------------------------
+
+
+class Client:
+    """Sends *count* messages over whatever connection it keeps."""
+
+    name = ""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    def run(self, count: int, recipients: list[str]) -> None:
+        for _ in range(count):
+            self.send(recipients)
+
+    def send(self, recipients: list[str]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class SmtplibReused(Client):
+    name = "smtplib, reused connection (baseline)"
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.smtp = smtplib.SMTP(host, port)
+
+    def send(self, recipients):
+        self.smtp.sendmail(SENDER, recipients, POST)
+
+    def close(self):
+        self.smtp.quit()
+
+
+class SmtplibFresh(Client):
+    name = "smtplib, new connection per message"
+
+    def send(self, recipients):
+        with smtplib.SMTP(self.host, self.port) as smtp:
+            smtp.sendmail(SENDER, recipients, POST)
+
+
+class AioSmtplib(Client):
+    name = "aiosmtplib, reused connection"
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        import aiosmtplib
+
+        self.loop = asyncio.new_event_loop()
+        self.smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, use_tls=False)
+        self.loop.run_until_complete(self.smtp.connect())
+
+    def run(self, count, recipients):
+        async def batch():
+            for _ in range(count):
+                await self.smtp.sendmail(SENDER, recipients, POST)
+
+        self.loop.run_until_complete(batch())
+
+    def close(self):
+        self.loop.run_until_complete(self.smtp.quit())
+        self.loop.close()
+
+
+class RawPipelining(Client):
+    """RFC 2920 at its plainest: the protocol's limit, with no checks at all."""
+
+    name = "raw RFC 2920 client (protocol limit)"
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+        self._replies(1)
+        self.sock.sendall(b"EHLO bench.example\r\n")
+        self._replies(1)
+
+    def _replies(self, count):
+        for _ in range(count):
+            while self.file.readline()[3:4] == b"-":
+                pass
+
+    def send(self, recipients):
+        commands = [f"MAIL FROM:<{SENDER}>\r\n".encode()]
+        commands += [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        self.sock.sendall(b"".join(commands) + b"DATA\r\n")
+        self._replies(len(recipients) + 2)
+        self.sock.sendall(POST + b".\r\n")
+        self._replies(1)
+
+    def close(self):
+        self.sock.sendall(b"QUIT\r\n")
+        self.file.close()
+        self.sock.close()
+
+
+class OurConnection(Client):
+    pipelining = False
+    name = "mailman-mta Connection, no pipelining"
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.connection = Connection(host, port, 0, pipelining=self.pipelining)
+
+    def send(self, recipients):
+        self.connection.sendmail(SENDER, recipients, POST)
+
+    def close(self):
+        self.connection.quit()
+
+
+class OurConnectionPipelined(OurConnection):
+    pipelining = True
+    name = "mailman-mta Connection, pipelining"
+
+
+class OurDelivery(Client):
+    name = "mailman-mta Delivery (bulk), pipelining"
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.delivery = Delivery(Connection(host, port, 0))
+
+    def send(self, recipients):
+        result = self.delivery.deliver(SENDER, recipients, POST)
+        assert result.ok, result.refused
+
+    def close(self):
+        self.delivery.close()
+
+
+CLIENTS: list[type[Client]] = [SmtplibReused, SmtplibFresh, AioSmtplib, RawPipelining,
+                               OurConnection, OurConnectionPipelined, OurDelivery]
+
+
+# -- measuring ----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One client against one peer: a (msg/s, CPU seconds per message) pair per round."""
+
+    peer: str
+    recipients: int
+    client: str
+    messages: int = 0
+    rounds: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return statistics.median(rate for rate, _ in self.rounds)
+
+    @property
+    def cpu_per_message(self) -> float:
+        return statistics.median(cpu for _, cpu in self.rounds)
+
+    def ratios(self, base: Row) -> tuple[float, float]:
+        """Median, over rounds, of this row's msg/s and CPU/msg over *base*'s in the same round."""
+        pairs = list(zip(self.rounds, base.rounds))
+        return (statistics.median(mine[0] / theirs[0] for mine, theirs in pairs),
+                statistics.median(mine[1] / theirs[1] for mine, theirs in pairs))
+
+
+def measure(client_type: type[Client], host: str, port: int, recipients: list[str], count: int) -> tuple[float, float]:
+    client = client_type(host, port)
+    try:
+        client.run(2, recipients)  # connect, and warm every cache
+        wall, cpu = time.perf_counter(), time.process_time()
+        client.run(count, recipients)
+        return time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        client.close()
+
+
+def available(client_type: type[Client]) -> bool:
+    if client_type is AioSmtplib:
+        try:
+            import aiosmtplib  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+@contextmanager
+def postfix_peer():
+    from mailman_mta.testing import postfix
+
+    reason = postfix.unavailable()
+    if reason is not None:
+        yield None, f"Postfix not measured: {reason}"
+        return
+    with postfix.PostfixTestbed(discard=True) as testbed:
+        yield testbed.port, None
+
+
+def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str]]:
+    notes = []
+    clients = [c for c in CLIENTS if available(c)]
+    if AioSmtplib not in clients:
+        notes.append("aiosmtplib not measured: pip install -e '.[bench]'")
+    # (peer, recipients) -> messages per client per round
+    counts = {("sink", 1): 300, ("sink", 50): 80, ("3 ms", 1): 40, ("3 ms", 50): 6,
+              ("postfix", 1): 300, ("postfix", 50): 120}
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        if {"sink", "3 ms"} & set(peers):
+            sink = stack.enter_context(Peer("sink"))
+            if "sink" in peers:
+                ports["sink"] = sink
+            if "3 ms" in peers:
+                ports["3 ms"] = stack.enter_context(Peer("proxy", str(sink), "--delay", "0.0015"))
+        if "postfix" in peers:
+            port, why_not = stack.enter_context(postfix_peer())
+            if port is None:
+                notes.append(why_not)
+            else:
+                ports["postfix"] = port
+        for peer, port in ports.items():
+            for count in (1, 50):
+                messages = counts[(peer, count)] // (10 if quick else 1) or 1
+                recipients = members(count)
+                results = {c: Row(peer, count, c.name) for c in clients}
+                for number in range(rounds):
+                    turn = clients[number % len(clients):] + clients[: number % len(clients)]
+                    for client_type in turn:
+                        seconds, cpu = measure(client_type, "127.0.0.1", port, recipients, messages)
+                        row = results[client_type]
+                        row.messages += messages
+                        row.rounds.append((messages / seconds, cpu / messages))
+                rows.extend(results.values())
+                print(f"measured {peer}, {count} recipient(s)", file=sys.stderr, flush=True)
+    return rows, notes
+
+
+# -- reporting ---------------------------------------------------------------
+
+
+def baseline_of(rows: list[Row], row: Row) -> Row:
+    return next(r for r in rows if r.peer == row.peer and r.recipients == row.recipients
+                and r.client == SmtplibReused.name)
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| peer | rcpts | client | msg/s (median) | rcpt/s | client CPU ms/msg | x msg/s | x CPU |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        rates = [rate for rate, _ in row.rounds]
+        spread = f" ±{statistics.pstdev(rates) / statistics.mean(rates):.0%}" if len(rates) > 1 else ""
+        faster, cpu = row.ratios(baseline_of(rows, row))
+        lines.append(
+            f"| {row.peer} | {row.recipients} | {row.client} | {row.per_second:,.0f}{spread} | "
+            f"{row.per_second * row.recipients:,.0f} | {row.cpu_per_message * 1000:.3f} | "
+            f"{faster:.2f} | {cpu:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class Goal:
+    """A figure an issue asked for: a ratio to the baseline, at least or at most *target*."""
+
+    peer: str
+    recipients: int
+    client: type[Client]
+    what: str  # "msg/s" or "CPU"
+    target: float
+
+    @property
+    def text(self) -> str:
+        bound = ">=" if self.what == "msg/s" else "<="
+        return (f"{self.client.name}, {self.recipients} rcpt, {self.peer}: "
+                f"{self.what}{'' if self.what == 'msg/s' else '/msg'} {bound} {self.target}x")
+
+    def measure(self, rows: list[Row]) -> float | None:
+        row = next((r for r in rows if (r.peer, r.recipients, r.client) ==
+                    (self.peer, self.recipients, self.client.name)), None)
+        if row is None:
+            return None
+        faster, cpu = row.ratios(baseline_of(rows, row))
+        return faster if self.what == "msg/s" else cpu
+
+    def reached(self, value: float) -> bool:
+        return value >= self.target if self.what == "msg/s" else value <= self.target
+
+
+# The figures asked for in the transaction-engine issue.
+GOALS = [
+    Goal("sink", 1, OurConnection, "msg/s", 1.0),
+    Goal("postfix", 1, OurConnection, "msg/s", 1.0),
+    Goal("sink", 50, OurConnection, "CPU", 0.8),
+    Goal("postfix", 50, OurConnection, "CPU", 0.8),
+    Goal("3 ms", 50, OurConnectionPipelined, "msg/s", 8.0),
+    Goal("postfix", 50, OurConnectionPipelined, "msg/s", 1.3),
+    Goal("postfix", 50, OurConnectionPipelined, "CPU", 0.2),
+]
+
+
+def goals_report(rows: list[Row]) -> str:
+    lines = ["| goal (ratio to the baseline in this run) | measured | reached |", "|---|---:|---|"]
+    for goal in GOALS:
+        value = goal.measure(rows)
+        if value is None:
+            lines.append(f"| {goal.text} | not measured | |")
+        else:
+            lines.append(f"| {goal.text} | {value:.2f}x | {'yes' if goal.reached(value) else 'NO'} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[Row], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = sorted({(r.peer, r.recipients) for r in rows}, key=lambda g: (g[0], g[1]))
+    clients = list(dict.fromkeys(r.client for r in rows))
+    figure, axes = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(clients)
+    for index, client in enumerate(clients):
+        values = []
+        for peer, recipients in groups:
+            row = next((r for r in rows if (r.peer, r.recipients, r.client) == (peer, recipients, client)), None)
+            values.append(row.ratios(baseline_of(rows, row))[0] if row else 0)
+        axes.bar([g + index * width for g in range(len(groups))], values, width, label=client)
+    axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))],
+                    [f"{peer}\n{recipients} rcpt" for peer, recipients in groups])
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_ylabel("msg/s, ratio to smtplib reused")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages and one round: a smoke test")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every client taking its turn (default 5)")
+    parser.add_argument("--peers", default="sink,3 ms,postfix",
+                        help="which servers, comma-separated: sink, '3 ms', postfix (default: all)")
+    parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
+    parser.add_argument("--chart", type=Path, default=HERE / "results.png", help="where to draw the ratios")
+    arguments = parser.parse_args(argv)
+    peers = [peer.strip() for peer in arguments.peers.split(",") if peer.strip()]
+    unknown = set(peers) - {"sink", "3 ms", "postfix"}
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    started = time.monotonic()
+    rows, notes = run(arguments.quick, peers, 1 if arguments.quick else arguments.rounds)
+    print(table(rows))
+    print()
+    print(goals_report(rows))
+    for note in notes:
+        print(f"\n{note}")
+    print(f"\n{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
+          f"{time.monotonic() - started:.0f} s")
+    arguments.json.write_text(json.dumps({"rows": [asdict(row) | {"per_second": row.per_second,
+                                                                   "cpu_per_message": row.cpu_per_message}
+                                                   for row in rows], "notes": notes}, indent=2))
+    if chart(rows, arguments.chart):
+        print(f"chart: {arguments.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
