@@ -32,7 +32,7 @@ from .errors import EnvelopeError, NoTransportError, SMTPProtocolError, SMTPTime
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply
 from .secret import Secret
-from .transaction import BEFORE, DATA, MAIL, RCPT, TransactionResult
+from .transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
 log = logging.getLogger("mailman_mta.connection")
 
@@ -86,8 +86,11 @@ def _foreign_transaction(transport: Any, envelope: Envelope) -> TransactionResul
         result.data_sent = stage == DATA and getattr(transport, "message_data_sent", True)
         return result
     except (smtplib.SMTPException, OSError) as error:
-        return TransactionResult.failed(sender, recipients, error, stage=DATA,
-                                        data_sent=getattr(transport, "message_data_sent", True))
+        # Without a way to tell, a message that may have gone out whole is
+        # reported as "may have arrived", and never sent again.
+        data_sent = getattr(transport, "message_data_sent", True)
+        return TransactionResult.failed(sender, recipients, error, stage=END_OF_DATA if data_sent else MAIL,
+                                        data_sent=data_sent)
     accepted = Reply(250, (b"",))
     replies = [Reply.of(*refused[r]) if r in refused else accepted for r in recipients]
     return TransactionResult(sender, recipients, replies)

@@ -166,13 +166,11 @@ class Delivery:
         """Send one envelope; return its refusals by original recipient, and the error."""
         try:
             result = self.connection.transact(envelope)
-        except MTAError as error:
-            failure = failure_of(error)
-            return {r: failure for r in envelope.original_recipients}, error
         except Exception as error:
-            # A plugin, or mailman-mta itself, failed in a way nobody
-            # foresaw: this transaction fails, temporarily; the rest go on.
-            log.exception("sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients))
+            if not isinstance(error, MTAError):
+                # A plugin, or mailman-mta itself, failed in a way nobody
+                # foresaw: this transaction fails, temporarily; the rest go on.
+                log.exception("sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients))
             failure = failure_of(error)
             return {r: failure for r in envelope.original_recipients}, error
         return self._per_recipient(envelope, result), result.error

@@ -43,7 +43,7 @@ MAX_REPLY_OCTETS = 64 * 1024
 _RECV_OCTETS = 64 * 1024
 
 # The usual case, a whole one-line reply already buffered, in one match.
-_ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?:[ \t]+([^\r\n]*?))?[ \t]*\r?\n")
+_ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
 
 
 class Reply(NamedTuple):
@@ -111,7 +111,7 @@ class ReplyReader:
             self._receive(command)
             match = _ONE_LINE.match(buffer)
         if match is not None and match.end() <= MAX_LINE_OCTETS:
-            code, text = int(match[1]), bytes(match[2] or b"")
+            code, text = int(match[1]), bytes(match[2] or b"").strip(b" \t")
             del buffer[: match.end()]
             return Reply(code, (text if self.mask is None else self.mask(text),))
         try:
@@ -147,7 +147,7 @@ class ReplyReader:
             match = _ONE_LINE.match(buffer, position)
             if match is None or match.end() - position > MAX_LINE_OCTETS:
                 break
-            text = bytes(match[2] or b"")
+            text = bytes(match[2] or b"").strip(b" \t")
             code = int(match[1])
             replies.append(Reply(code, (text if mask is None else mask(text),)))
             position = match.end()

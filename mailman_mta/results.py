@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ConfigurationError, SMTPProtocolError, TLSError
-from .transaction import END_OF_DATA, MAIL, RCPT, TransactionResult
+from .transaction import DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
 #: The code for "no usable answer" (not an SMTP reply code).
 CONNECTION_LOST = 444
@@ -190,7 +190,7 @@ def ending_failure(result: TransactionResult) -> Failure | None:
     if result.reply is not None:
         return judge_reply(result.stage, result.reply.code, result.reply.text)
     if isinstance(result.error, smtplib.SMTPRecipientsRefused):
-        return Failure(451, "4.3.0 every recipient was refused")
+        return Failure(451, "4.3.0 the server refused every address the message was sent to")
     return failure_of(result.error, result.stage)
 
 

@@ -9,6 +9,7 @@ a skipped test here is a failure.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import time
 
@@ -192,14 +193,14 @@ def test_verp_through_postfix(at_postfix, capture):
 
 
 def sent_before_first_reply(records) -> list[str]:
-    """The commands our transcript shows going out before the first reply after EHLO."""
+    """The verbs our transcript shows going out before the first reply after EHLO."""
     lines = [record.getMessage().split(" ", 1)[1] for record in records]
     start = max(i for i, line in enumerate(lines) if line.startswith("send: 'ehlo")) + 2
     sent = []
     for line in lines[start:]:
         if line.startswith("reply:"):
             break
-        sent.append(line.split("'")[1].split(":")[0].split(" ")[0].strip("\\r\\n"))
+        sent.append(re.match(r"send: '([A-Z]+)", line)[1])
     return sent
 
 

@@ -203,3 +203,46 @@ def test_any_well_formed_replies_read_back_exactly_however_they_are_split(replie
         ours.close()
         theirs.close()
     assert got == [Reply(code, tuple(line.strip(b" \t") for line in lines)) for code, lines in replies]
+
+
+def outcome_of(wire: bytes, piece: int):
+    """What reading one reply from *wire*, arriving *piece* octets at a time, gives."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(1.0)
+
+    def write():
+        for start in range(0, len(wire), piece):
+            theirs.sendall(wire[start:start + piece])
+            time.sleep(0.002)
+        theirs.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=write)
+    try:
+        if piece >= len(wire):
+            write()
+        else:
+            writer.start()
+        try:
+            return reader_for(ours).read("RCPT")
+        except (SMTPProtocolError, smtplib.SMTPServerDisconnected) as error:
+            return type(error)
+    finally:
+        if writer.is_alive() or writer.ident:
+            writer.join()
+        ours.close()
+        theirs.close()
+
+
+reply_lines = st.builds(
+    lambda code, separator, text: code + separator + text,
+    st.sampled_from([b"250", b"550", b"421", b"25", b"2x0", b"650", b"", b"-25"]),
+    st.sampled_from([b"", b" ", b"-", b"\t", b"  ", b" \t", b"x", b"\r"]),
+    st.binary(max_size=12).map(lambda text: text.replace(b"\n", b"")),
+)
+
+
+@given(reply_lines, st.sampled_from([b"\r\n", b"\n", b"\r\r\n"]))
+def test_a_line_is_read_the_same_whole_or_in_pieces(line, ending):
+    """The quick path (a whole line at hand) and the careful one agree."""
+    wire = line + ending
+    assert outcome_of(wire, len(wire)) == outcome_of(wire, 3)
