@@ -11,6 +11,7 @@ import logging
 import smtplib
 import socket
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -343,6 +344,19 @@ ODD_ERRORS = [
 ]
 
 
+@contextmanager
+def enabled(mta_layers, **plugins: object):
+    """Register *plugins* by name and enable them in a layer, for one block."""
+    for name, plugin in plugins.items():
+        registry.add(name, plugin)
+    try:
+        mta_layers.push("enabled", "".join(f"[plugin.{name}]\nenabled: yes\n" for name in plugins))
+        yield
+    finally:
+        for name in plugins:
+            registry.remove(name)
+
+
 @pytest.mark.parametrize("error", ODD_ERRORS, ids=lambda e: type(e).__name__)
 def test_whatever_escapes_the_transport_is_a_temporary_result(mta_config, mta_layers, error, caplog):
     class Broken:
@@ -350,13 +364,8 @@ def test_whatever_escapes_the_transport_is_a_temporary_result(mta_config, mta_la
         def mta_create_transport(self):
             raise error
 
-    registry.add("broken", Broken())
-    try:
-        mta_layers.push("broken", "[plugin.broken]\nenabled: yes\n")
-        with Delivery() as delivery:
-            result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
-    finally:
-        registry.remove("broken")
+    with enabled(mta_layers, broken=Broken()), Delivery() as delivery:
+        result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
     assert set(result.refused) == set(RECIPIENTS)
     assert {failure.code for failure in result.refused.values()} == {451}
     assert result.error is error
@@ -369,13 +378,9 @@ def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_con
             if "cate@example.com" in envelope.recipients:
                 raise ZeroDivisionError("oops")
 
-    registry.add("picky", Picky())
-    try:
-        mta_layers.push("picky", "[plugin.picky]\nenabled: yes\n[mta]\ndelivery: individual\n")
-        with Delivery() as delivery:
-            result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
-    finally:
-        registry.remove("picky")
+    mta_layers.push("individual", "[mta]\ndelivery: individual\n")
+    with enabled(mta_layers, picky=Picky()), Delivery() as delivery:
+        result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
     assert result.accepted == ("bart@example.com",)
     assert result.refused["cate@example.com"].code == 451
 
@@ -426,17 +431,11 @@ def test_a_result_observer_that_raises_changes_nothing(mta_config, mta_smtpd, mt
         def mta_delivery_result(self, envelope, error, result):
             seen.append((tuple(envelope.recipients), error, result.delivered))
 
-    registry.add("crashing", Crashing())
-    registry.add("counting", Counting())
-    try:
-        mta_layers.push("observers", "[plugin.crashing]\nenabled: yes\n[plugin.counting]\nenabled: yes\n")
+    with enabled(mta_layers, crashing=Crashing(), counting=Counting()):
         connection = Connection()
         assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
         with Delivery(connection) as delivery:
             assert delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE).ok
-    finally:
-        registry.remove("crashing")
-        registry.remove("counting")
     assert len(mta_smtpd.received) == 2
     assert seen == [(tuple(RECIPIENTS), None, True)] * 2, "the other observer still saw every send"
     assert "plugin 'crashing' raised in mta_delivery_result; the result stands" in caplog.text
