@@ -1,7 +1,7 @@
 """How fast mailman-mta hands mail over, against smtplib and the protocol's limit.
 
     .venv/bin/pip install -e '.[bench]'     # aiosmtplib and matplotlib
-    .venv/bin/python benchmarks/run.py      # about two minutes; --quick for seconds
+    .venv/bin/python benchmarks/run.py      # about five minutes; --quick for seconds
 
 Every client sends the same list post to the same server, in rounds, the
 clients taking turns within each round, so a slow patch of the machine hurts
@@ -10,7 +10,8 @@ measured in the same run; every ratio is the median, over the rounds, of a
 client's figure over the baseline's in the same round.
 Client CPU is this process's CPU time: the servers run in processes of their
 own (an aiosmtpd sink, the same behind a proxy that adds 3 ms of round trip,
-and a real Postfix that discards, when Postfix can be started here).
+and a real Postfix that discards, or relays to the sink, when Postfix can be
+started here).
 
 Results: a markdown table on standard output, ``benchmarks/results.json``,
 and ``benchmarks/results.png`` (a bar chart of the ratios) when matplotlib
@@ -27,6 +28,7 @@ import smtplib
 import socket
 import statistics
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -96,6 +98,34 @@ class SmtplibFresh(Client):
     def send(self, recipients):
         with smtplib.SMTP(self.host, self.port) as smtp:
             smtp.sendmail(SENDER, recipients, POST)
+
+
+class SmtplibThreads(Client):
+    """What a program can do today without mailman-mta: four threads of smtplib."""
+
+    name = "smtplib x 4 threads"
+    threads = 4
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.clients = [smtplib.SMTP(host, port) for _ in range(self.threads)]
+
+    def run(self, count, recipients):
+        shares = [count // self.threads + (i < count % self.threads) for i in range(self.threads)]
+
+        def work(smtp, share):
+            for _ in range(share):
+                smtp.sendmail(SENDER, recipients, POST)
+
+        threads = [threading.Thread(target=work, args=pair) for pair in zip(self.clients, shares)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def close(self):
+        for smtp in self.clients:
+            smtp.quit()
 
 
 class AioSmtplib(Client):
@@ -176,21 +206,33 @@ class OurConnectionPipelined(OurConnection):
 
 class OurDelivery(Client):
     name = "mailman-mta Delivery (bulk), pipelining"
+    settings = dict(max_connections=1)
 
     def __init__(self, host, port):
         super().__init__(host, port)
-        self.delivery = Delivery(Connection(host, port, 0))
+        self.delivery = Delivery(Connection(host, port, 0, **self.settings))
 
-    def send(self, recipients):
-        result = self.delivery.deliver(SENDER, recipients, POST)
-        assert result.ok, result.refused
+    def run(self, count, recipients):
+        for result in self.delivery.deliver_many((SENDER, recipients, POST) for _ in range(count)):
+            assert result.ok, result.refused
 
     def close(self):
         self.delivery.close()
 
 
-CLIENTS: list[type[Client]] = [SmtplibReused, SmtplibFresh, AioSmtplib, RawPipelining,
-                               OurConnection, OurConnectionPipelined, OurDelivery]
+class OurPool(OurDelivery):
+    name = "mailman-mta pool of 4, no pipelining"
+    settings = dict(max_connections=4, pipelining=False)
+
+
+class OurPoolPipelined(OurDelivery):
+    name = "mailman-mta pool of 4, pipelining"
+    settings = dict(max_connections=4)
+
+
+CLIENTS: list[type[Client]] = [SmtplibReused, SmtplibFresh, SmtplibThreads, AioSmtplib, RawPipelining,
+                               OurConnection, OurConnectionPipelined, OurDelivery, OurPool, OurPoolPipelined]
+OURS = [OurConnection, OurConnectionPipelined, OurDelivery, OurPool, OurPoolPipelined]
 
 
 # -- measuring ----------------------------------------------------------------
@@ -242,40 +284,45 @@ def available(client_type: type[Client]) -> bool:
 
 
 @contextmanager
-def postfix_peer():
+def postfix_peer(relay_port: int | None = None):
+    """A Postfix testbed that discards, or relays to *relay_port*; (port, why not)."""
     from mailman_mta.testing import postfix
 
     reason = postfix.unavailable()
     if reason is not None:
         yield None, f"Postfix not measured: {reason}"
         return
-    with postfix.PostfixTestbed(discard=True) as testbed:
+    if relay_port is None:
+        testbed = postfix.PostfixTestbed(discard=True)
+    else:
+        testbed = postfix.PostfixTestbed(relay_port=relay_port)
+    with testbed:
         yield testbed.port, None
 
 
-def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str]]:
+def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str], tuple[float, float] | None]:
     notes = []
     clients = [c for c in CLIENTS if available(c)]
     if AioSmtplib not in clients:
         notes.append("aiosmtplib not measured: pip install -e '.[bench]'")
     # (peer, recipients) -> messages per client per round
-    counts = {("sink", 1): 300, ("sink", 50): 80, ("3 ms", 1): 40, ("3 ms", 50): 6,
-              ("postfix", 1): 300, ("postfix", 50): 120}
+    counts = {("sink", 1): 300, ("sink", 50): 80, ("3 ms", 1): 40, ("3 ms", 50): 8,
+              ("postfix", 1): 300, ("postfix", 50): 120, ("postfix relaying", 1): 300, ("postfix relaying", 50): 120}
     rows: list[Row] = []
     with ExitStack() as stack:
         ports: dict[str, int] = {}
-        if {"sink", "3 ms"} & set(peers):
-            sink = stack.enter_context(Peer("sink"))
-            if "sink" in peers:
-                ports["sink"] = sink
-            if "3 ms" in peers:
-                ports["3 ms"] = stack.enter_context(Peer("proxy", str(sink), "--delay", "0.0015"))
-        if "postfix" in peers:
-            port, why_not = stack.enter_context(postfix_peer())
-            if port is None:
-                notes.append(why_not)
-            else:
-                ports["postfix"] = port
+        sink = stack.enter_context(Peer("sink"))
+        if "sink" in peers:
+            ports["sink"] = sink
+        if "3 ms" in peers:
+            ports["3 ms"] = stack.enter_context(Peer("proxy", str(sink), "--delay", "0.0015"))
+        for peer, relay_port in (("postfix", None), ("postfix relaying", sink)):
+            if peer in peers:
+                port, why_not = stack.enter_context(postfix_peer(relay_port))
+                if port is None:
+                    notes.append(why_not)
+                else:
+                    ports[peer] = port
         for peer, port in ports.items():
             for count in (1, 50):
                 messages = counts[(peer, count)] // (10 if quick else 1) or 1
@@ -290,7 +337,11 @@ def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str
                         row.rounds.append((messages / seconds, cpu / messages))
                 rows.extend(results.values())
                 print(f"measured {peer}, {count} recipient(s)", file=sys.stderr, flush=True)
-    return rows, notes
+        verp = None
+        if "3 ms" in ports:
+            verp = verp_seconds(ports["3 ms"], rounds, 40 if quick else 200)
+            print("measured VERP 3 ms away", file=sys.stderr, flush=True)
+    return rows, notes, verp
 
 
 # -- reporting ---------------------------------------------------------------
@@ -344,7 +395,7 @@ class Goal:
         return value >= self.target if self.what == "msg/s" else value <= self.target
 
 
-# The figures asked for in the transaction-engine issue.
+# The figures asked for in the issues: the transaction engine's, then the pool's.
 GOALS = [
     Goal("sink", 1, OurConnection, "msg/s", 1.0),
     Goal("postfix", 1, OurConnection, "msg/s", 1.0),
@@ -353,10 +404,13 @@ GOALS = [
     Goal("3 ms", 50, OurConnectionPipelined, "msg/s", 8.0),
     Goal("postfix", 50, OurConnectionPipelined, "msg/s", 1.3),
     Goal("postfix", 50, OurConnectionPipelined, "CPU", 0.2),
+    Goal("postfix", 1, OurPool, "msg/s", 1.5),
+    Goal("postfix", 50, OurPool, "msg/s", 1.5),
+    Goal("postfix", 50, OurPoolPipelined, "msg/s", 2.0),
 ]
 
 
-def goals_report(rows: list[Row]) -> str:
+def goals_report(rows: list[Row], verp: tuple[float, float] | None) -> str:
     lines = ["| goal (ratio to the baseline in this run) | measured | reached |", "|---|---:|---|"]
     for goal in GOALS:
         value = goal.measure(rows)
@@ -364,7 +418,46 @@ def goals_report(rows: list[Row]) -> str:
             lines.append(f"| {goal.text} | not measured | |")
         else:
             lines.append(f"| {goal.text} | {value:.2f}x | {'yes' if goal.reached(value) else 'NO'} |")
+    fastest = max((r for r in rows if (r.peer, r.recipients) == ("postfix", 50)),
+                  key=lambda r: r.per_second, default=None)
+    if fastest is not None:
+        lines.append(f"| fastest row, postfix, 50 rcpt: {OurPoolPipelined.name} | {fastest.client} | "
+                     f"{'yes' if fastest.client == OurPoolPipelined.name else 'NO'} |")
+    slowest = min(((ours_over_aiosmtplib(rows, r), r) for r in rows if r.client in {c.name for c in OURS}),
+                  key=lambda pair: pair[0], default=None)
+    if slowest is not None and slowest[0] is not None:
+        value, row = slowest
+        lines.append(f"| every row of ours >= 1.3x aiosmtplib reused (lowest: {row.client}, {row.peer}, "
+                     f"{row.recipients} rcpt) | {value:.2f}x | {'yes' if value >= 1.3 else 'NO'} |")
+    if verp is not None:
+        one, four = verp
+        lines.append(f"| VERP, one post to 200 members, 3 ms away: 4 connections >= 3x one "
+                     f"({one:.2f} s, {four:.2f} s) | {one / four:.2f}x | {'yes' if one / four >= 3 else 'NO'} |")
     return "\n".join(lines)
+
+
+def ours_over_aiosmtplib(rows: list[Row], row: Row) -> float | None:
+    other = next((r for r in rows if (r.peer, r.recipients, r.client) == (row.peer, row.recipients, AioSmtplib.name)),
+                 None)
+    return None if other is None else statistics.median(a[0] / b[0] for a, b in zip(row.rounds, other.rounds))
+
+
+def verp_seconds(port: int, rounds: int, members_count: int = 200) -> tuple[float, float]:
+    """Median seconds for one VERP post to *members_count* members with 1, then 4, connections."""
+    recipients = members(members_count)
+    seconds: dict[int, list[float]] = {1: [], 4: []}
+    for _ in range(rounds):
+        for size in (1, 4):
+            delivery = Delivery(Connection("127.0.0.1", port, 0, delivery="verp", max_connections=size))
+            try:
+                delivery.deliver(SENDER, recipients[:8], POST)  # open the connections
+                started = time.perf_counter()
+                result = delivery.deliver(SENDER, recipients, POST)
+                seconds[size].append(time.perf_counter() - started)
+                assert result.ok, result.refused
+            finally:
+                delivery.close()
+    return statistics.median(seconds[1]), statistics.median(seconds[4])
 
 
 def chart(rows: list[Row], path: Path) -> bool:
@@ -401,27 +494,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages and one round: a smoke test")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of every client taking its turn (default 5)")
-    parser.add_argument("--peers", default="sink,3 ms,postfix",
-                        help="which servers, comma-separated: sink, '3 ms', postfix (default: all)")
+    parser.add_argument("--peers", default="sink,3 ms,postfix,postfix relaying",
+                        help="which servers, comma-separated: sink, '3 ms', postfix, 'postfix relaying' "
+                             "(default: all)")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
     parser.add_argument("--chart", type=Path, default=HERE / "results.png", help="where to draw the ratios")
     arguments = parser.parse_args(argv)
     peers = [peer.strip() for peer in arguments.peers.split(",") if peer.strip()]
-    unknown = set(peers) - {"sink", "3 ms", "postfix"}
+    unknown = set(peers) - {"sink", "3 ms", "postfix", "postfix relaying"}
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
     started = time.monotonic()
-    rows, notes = run(arguments.quick, peers, 1 if arguments.quick else arguments.rounds)
+    rows, notes, verp = run(arguments.quick, peers, 1 if arguments.quick else arguments.rounds)
     print(table(rows))
     print()
-    print(goals_report(rows))
+    print(goals_report(rows, verp))
     for note in notes:
         print(f"\n{note}")
     print(f"\n{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
           f"{time.monotonic() - started:.0f} s")
-    arguments.json.write_text(json.dumps({"rows": [asdict(row) | {"per_second": row.per_second,
-                                                                   "cpu_per_message": row.cpu_per_message}
-                                                   for row in rows], "notes": notes}, indent=2))
+    arguments.json.write_text(json.dumps({
+        "rows": [asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message} for row in rows],
+        "verp_seconds": {"1 connection": verp[0], "4 connections": verp[1]} if verp else None,
+        "notes": notes,
+    }, indent=2))
     if chart(rows, arguments.chart):
         print(f"chart: {arguments.chart}")
     return 0

@@ -200,8 +200,9 @@ def send(session: Session, files: tuple[str, ...], sender: str, recipients: tupl
         console=console, transient=True, disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("delivering", total=len(messages) * len(everyone))
-        for name, data in messages:
-            result = delivery.deliver(sender, everyone, data, progress=lambda n: progress.advance(task, n))
+        posts = ((sender, everyone, data) for _, data in messages)
+        for (name, _), result in zip(messages, delivery.deliver_many(
+                posts, progress=lambda n: progress.advance(task, n))):
             results.append((name, result))
     sys.exit(_report(session, results))
 
@@ -388,30 +389,34 @@ def sink(session: Session, host: str, port: int, count: int | None, seconds: flo
               help="Recipients of each post, spread over several domains.")
 @click.option("-s", "--sessions-per-connection", default=100, show_default=True, type=click.IntRange(0),
               help="Sessions before a connection is replaced (0: no limit).")
+@click.option("--connections", type=click.IntRange(1), metavar="N",
+              help="Connections at once (default: [mta] max_connections).")
 @pass_session
-def demo(session: Session, posts: int, members: int, sessions_per_connection: int) -> None:
+def demo(session: Session, posts: int, members: int, sessions_per_connection: int, connections: int | None) -> None:
     """Send a batch of posts to the embedded SMTP server and report what arrived.
 
     No MTA is needed: the server (aiosmtpd) runs inside this process on a
-    free loopback port.  Posts go out through `Delivery` with the active
-    plugins and the configured strategy ([mta] delivery).
+    free loopback port.  Posts go out through `Delivery.deliver_many` with
+    the active plugins, the configured strategy ([mta] delivery) and up to
+    [mta] max_connections connections at once.
     """
     console = session.console
     config = session.config
     domains = ["example.com", "example.org", "example.net", "lists.example.edu"]
     addresses = [f"member{i}@{domains[i % len(domains)]}" for i in range(members)]
     with session.reporting(), CountingSMTPServer(credentials=None) as server:
-        config.push("demo-server", f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\n")
+        config.push("demo-server", f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\n"
+                                   + (f"max_connections: {connections}\n" if connections else ""))
         connection = Connection(sessions_per_connection=sessions_per_connection, config=config)
         accepted = refused = transactions = 0
+        batch = (("list-bounces@example.com", addresses,
+                  f"From: list@example.com\nTo: members@example.com\nSubject: post {number}\n\n"
+                  "Hello from mailman-mta.\n") for number in range(posts))
         started = time.perf_counter()
         with Delivery(connection) as delivery, Progress(console=console, transient=True,
                                                         disable=not console.is_terminal) as progress:
             task = progress.add_task("sending", total=posts)
-            for number in range(posts):
-                body = (f"From: list@example.com\nTo: members@example.com\n"
-                        f"Subject: post {number}\n\nHello from mailman-mta.\n")
-                result = delivery.deliver("list-bounces@example.com", addresses, body)
+            for result in delivery.deliver_many(batch):
                 accepted += len(result.accepted)
                 refused += len(result.refused)
                 transactions += result.transactions
@@ -419,7 +424,7 @@ def demo(session: Session, posts: int, members: int, sessions_per_connection: in
         elapsed = time.perf_counter() - started
         arrived = server.received
         delivered = sum(len(message.rcpt_tos) for message in arrived)
-        connections = server.get_connection_count()
+        opened = server.get_connection_count()
 
     table = Table(title="mailman-mta demo: embedded SMTP server", show_header=False)
     table.add_row("server", f"{server.hostname}:{server.port} (aiosmtpd, in this process)")
@@ -429,7 +434,8 @@ def demo(session: Session, posts: int, members: int, sessions_per_connection: in
     table.add_row("posts sent", f"{posts} to {members} members each")
     table.add_row("SMTP transactions", f"{transactions} sent, {len(arrived)} received")
     table.add_row("recipients", f"{accepted} accepted, {refused} refused; {delivered} arrived")
-    table.add_row("connections", f"{connections} (sessions per connection: {sessions_per_connection or 'no limit'})")
+    table.add_row("connections", f"{opened} (at most {connection.setting('max_connections')} at once; "
+                                  f"sessions per connection: {sessions_per_connection or 'no limit'})")
     table.add_row("elapsed", f"{elapsed:.2f} s")
     table.add_row("throughput", f"{transactions / elapsed:,.0f} transactions/s, {accepted / elapsed:,.0f} recipients/s")
     console.print(table)

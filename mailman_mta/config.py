@@ -104,6 +104,16 @@ def as_port(value: str) -> int:
     return port
 
 
+def as_positive_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{value!r} is not a whole number, 1 or more")
+    return count
+
+
 def as_count(value: str) -> int:
     try:
         count = int(value)
@@ -213,6 +223,7 @@ CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {
         "delivery": one_of("bulk", "individual", "verp"),
         "max_recipients": as_count,
         "pipelining": as_flag,
+        "max_connections": as_positive_count,
     },
     "verp": {
         "format": verp.check_format,
@@ -339,6 +350,8 @@ class Configuration:
         self._config = Config(schema)
         self._lock = threading.RLock()
         self._state: _State | None = None
+        #: The state a thread has pinned (see `pinned`), per thread.
+        self._pins = threading.local()
         self.registry = registry if registry is not None else default_registry
 
     # -- raw access, as in Mailman ---------------------------------------
@@ -398,8 +411,12 @@ class Configuration:
                     raise ConfigurationError(
                         f"config layer {name!r} is not valid: {problems}", layer=name
                     ) from error
-                self._state = self._compute_state()
-                self._state.manager.hook.mta_check_config(config=self)
+                state = self._compute_state()
+                with self._pinned_to(state):
+                    state.manager.hook.mta_check_config(config=self)
+                # Published only once checked: no other thread sees a
+                # layer that is about to be refused.
+                self._state = state
             except ConfigurationError as error:
                 # lazr.config keeps a bad layer on the stack, so restore it.
                 self._config._overlays, self._state = saved_overlays, saved_state
@@ -468,7 +485,26 @@ class Configuration:
         """Name -> plugin object of the enabled plugins."""
         return dict(self._current().active_plugins)
 
+    def pinned(self) -> _Pin:
+        """Hold the current layers' settings and plugins, for this thread, for a ``with`` block.
+
+        A `Connection` pins the configuration for each transaction, so a
+        layer pushed or popped meanwhile (by another thread, or by a plugin)
+        takes effect from the next transaction, never half-way through one.
+        Other threads are not affected.  Nested pins keep the outer one.
+        The block gets the configuration itself (``with config.pinned() as
+        config``).
+        """
+        return _Pin(self, None)
+
+    def _pinned_to(self, state: _State) -> _Pin:
+        """Pin *state* for this thread, over any pin it holds (to check a new layer)."""
+        return _Pin(self, state)
+
     def _current(self) -> _State:
+        pinned = getattr(self._pins, "state", None)
+        if pinned is not None:
+            return pinned
         state = self._state
         if state is None or state.registry_generation != self.registry.generation:
             with self._lock:
@@ -557,6 +593,29 @@ def _parse_problem(error: configparser.Error) -> str:
             problems.append(f"line {number} (starting {word!r}) is not 'key: value'")
         return "; ".join(problems)
     return error.message.splitlines()[0]
+
+
+class _Pin:
+    """The context manager `Configuration.pinned` returns (a class: it runs on every send)."""
+
+    __slots__ = ("config", "state", "previous")
+
+    def __init__(self, config: Configuration, state: _State | None) -> None:
+        self.config = config
+        self.state = state
+
+    def __enter__(self) -> Configuration:
+        config = self.config
+        pins = config._pins
+        self.previous = getattr(pins, "state", None)
+        if self.state is not None:
+            pins.state = self.state
+        elif self.previous is None:
+            pins.state = config._current()
+        return config
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.config._pins.state = self.previous
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -196,6 +196,15 @@ class Connection:
         password = self.setting("smtp_pass")
         return password if password else None
 
+    def sibling(self) -> Connection:
+        """A new, unopened `Connection` with this one's arguments and configuration.
+
+        For a pool: another connection to the same relay, on the same terms.
+        """
+        sibling = Connection(config=self.config, debug=self._debug, ssl_context=self._ssl_context)
+        sibling._explicit = dict(self._explicit)
+        return sibling
+
     def tls_context(self) -> ssl.SSLContext:
         """The client context for TLS: the one given, or one built from the settings."""
         if self._ssl_context is not None:
@@ -254,32 +263,44 @@ class Connection:
         `EnvelopeError` for an address they made unsendable), before
         anything is sent, and exceptions that are not errors
         (KeyboardInterrupt), after closing the connection.  A connection
-        left in a known state by a refused transaction is kept.
+        left in a known state by a refused transaction is kept.  The
+        configuration is pinned for the whole transaction (see
+        `Configuration.pinned`).  An interruption (Ctrl-C) that comes once
+        sending has begun carries the transaction's result as its
+        ``transaction`` attribute: the real one if the transaction had
+        finished, else one whose ``error`` is the interruption.
         """
-        config = self.config
-        hook = config.hook
-        hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
-        envelope.check()
-        if hook.mta_prepare_message.get_hookimpls():
-            hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
-        if envelope.mail_options or envelope.rcpt_options:
-            esmtp.check_parameters(envelope.mail_options, "MAIL")
-            esmtp.check_parameters(envelope.rcpt_options, "RCPT")
-        if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
-            self.quit()
-        try:
-            result = self._send_with_one_retry(config, hook, envelope)
-        except BaseException as interruption:
-            self.close()
-            result = TransactionResult.failed(envelope.sender, envelope.recipients, interruption,
-                                              data_sent=True)
-            self._report(envelope, result)
-            raise
-        if self.transport is not None:
-            if result.stage != BEFORE or result.error is None:
-                self.session_count += 1
-            self.last_used_at = time.monotonic()
-        self._report(envelope, result)
+        with self.config.pinned() as config:
+            hook = config.hook
+            hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
+            envelope.check()
+            if hook.mta_prepare_message.get_hookimpls():
+                hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
+            if envelope.mail_options or envelope.rcpt_options:
+                esmtp.check_parameters(envelope.mail_options, "MAIL")
+                esmtp.check_parameters(envelope.rcpt_options, "RCPT")
+            if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
+                self.quit()
+            result = None
+            try:
+                result = self._send_with_one_retry(config, hook, envelope)
+                if self.transport is not None:
+                    if result.stage != BEFORE or result.error is None:
+                        self.session_count += 1
+                    self.last_used_at = time.monotonic()
+                self._report(envelope, result)
+            except BaseException as interruption:
+                if result is None:
+                    # Ctrl-C while sending: the message went out if its
+                    # data had begun to.
+                    data_sent = getattr(self.transport, "message_data_sent", self.transport is not None)
+                    self.close()
+                    result = TransactionResult.failed(envelope.sender, envelope.recipients, interruption,
+                                                      stage=END_OF_DATA if data_sent else BEFORE,
+                                                      data_sent=data_sent)
+                    self._report(envelope, result)
+                interruption.transaction = result
+                raise
         return result
 
     def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:

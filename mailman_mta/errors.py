@@ -96,3 +96,23 @@ class UnsendableMessageError(MTAError, smtplib.SMTPResponseException):
 
     def __str__(self) -> str:
         return f"{self.smtp_code} {self.smtp_error}"
+
+
+class DeliveryInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `Delivery.deliver` or `deliver_many`, with what was done by then.
+
+    A `KeyboardInterrupt`, so whatever stops a program on Ctrl-C still
+    does.  `results` holds a `mailman_mta.results.DeliveryResult` for every
+    post begun, in order: recipients not refused got the message; refused
+    ones did not, or were not attempted; those in a result's ``uncertain``
+    may have (the connection was cut after the whole message was sent).
+    """
+
+    def __init__(self, results: list) -> None:
+        super().__init__(f"delivery interrupted after {len(results)} post(s) were begun")
+        self.results = results
+
+    @property
+    def result(self):
+        """The first (for `Delivery.deliver`, the only) post's result."""
+        return self.results[0]

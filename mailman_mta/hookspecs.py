@@ -16,6 +16,11 @@ The order of a single send through `Connection.sendmail`:
 5. `mta_delivery_result`, whatever the outcome.
 
 `mta_check_config` runs when a layer is pushed.
+
+With ``[mta] max_connections`` above 1, the hooks of different
+transactions may run at the same time on different threads; those of one
+transaction run in order on one thread, with the configuration pinned
+(see "Plugins and threads" in docs/plugins.rst).
 """
 
 from __future__ import annotations

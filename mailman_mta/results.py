@@ -68,15 +68,20 @@ class DeliveryResult:
     """The outcome of one `Delivery.deliver` call.
 
     `refused` maps each recipient (as the caller gave it) that did not get
-    the message to its `Failure`; every other recipient was accepted.
-    `error` is the last exception behind a failed transaction, kept for
-    logs; `transactions` counts the SMTP transactions attempted.
+    the message to its `Failure`, in the order of `recipients`; every other
+    recipient was accepted.  `error` is the last exception behind a failed
+    transaction, kept for logs; `transactions` counts the SMTP transactions
+    attempted.  `uncertain` holds the refused recipients that may have got
+    the message after all: the connection was lost, or the delivery
+    interrupted, after the whole message had been sent (their failures are
+    temporary; mailman-mta never sends those again by itself).
     """
 
     recipients: tuple[str, ...]
     refused: dict[str, Failure] = field(default_factory=dict)
     error: BaseException | None = None
     transactions: int = 0
+    uncertain: frozenset[str] = frozenset()
 
     @property
     def accepted(self) -> tuple[str, ...]:

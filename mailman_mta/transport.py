@@ -338,9 +338,9 @@ class SMTPTransport(smtplib.SMTP):
         `mailman_mta.errors.EnvelopeError`, a failed EHLO); every failure
         after that is in the result.
         """
+        self.message_data_sent = False
         self.ehlo_or_helo_if_needed()
         options = esmtp.mail_options(envelope, self)
-        self.message_data_sent = False
         transaction = Transaction(
             self, envelope.sender, envelope.recipients, envelope.message, options, envelope.rcpt_options,
             pipelining=pipelining and "pipelining" in self.esmtp_features,

@@ -44,12 +44,19 @@ def eml(tmp_path):
 
 
 def test_demo_sends_a_batch_and_reports_it():
-    result = run("demo", "-n", "5", "-m", "6", "-s", "2")
+    result = run("demo", "-n", "5", "-m", "6", "-s", "2", "--connections", "1")
     assert result.exit_code == 0, result.output
     assert "5 sent, 5 received" in result.output
     assert "30 accepted, 0 refused; 30 arrived" in result.output
-    assert "3 (sessions per connection: 2)" in result.output
+    assert "3 (at most 1 at once; sessions per connection: 2)" in result.output
     assert "bulk (max_recipients 500)" in result.output
+
+
+def test_demo_over_several_connections():
+    result = run("demo", "-n", "12", "-m", "4", "--connections", "3")
+    assert result.exit_code == 0, result.output
+    assert "48 accepted, 0 refused; 48 arrived" in result.output
+    assert "(at most 3 at once;" in result.output
 
 
 def test_demo_follows_the_layers():

@@ -221,3 +221,17 @@ def test_pipelining_with_postfix_reports_every_recipient(at_postfix, postfix, ca
     assert sorted(m.rcpt_tos for m in delivered) == [("bart@example.com", "cate@example.com"), ("dave@example.com",)]
     log = postfix.wait_for_log("to=<dave@example.com>")
     assert "improper command pipelining" not in log
+
+
+def test_a_pool_delivers_every_post_once_through_postfix(at_postfix, postfix, capture):
+    at_postfix.push("pool", "[mta]\nmax_connections: 4\ndelivery: verp\n")
+    posts = [("bounces@lists.example.org", [f"m{n}@example.com", f"n{n}@example.com"],
+              POST.replace(b"via Postfix", f"post {n}".encode())) for n in range(10)]
+    with Delivery() as delivery:
+        results = list(delivery.deliver_many(posts))
+        used = sum(1 for connection in delivery.connections if connection.connection_count)
+    assert all(result.ok for result in results)
+    assert 1 <= used <= 4
+    delivered = capture.wait_for_messages(20)
+    assert sorted(m.mail_from for m in delivered) == sorted(
+        f"bounces+{local}{n}=example.com@lists.example.org" for n in range(10) for local in "mn")

@@ -1,0 +1,120 @@
+"""`ConnectionPool`: several connections to the relay, sending at once.
+
+One connection sends one transaction at a time, and mostly waits: for the
+relay's replies, and for the relay to write the message to its queue.  A
+list server sending a post to thousands of members, or thousands of VERP
+copies, gets through them faster over a few connections at once, as MTAs
+themselves do (Postfix opens up to 20 per destination).
+
+Each connection in the pool is a full `Connection`: its own session limits,
+liveness checks, TLS, AUTH, retries and plugins, exactly as when used
+alone.  A connection is used by one thread at a time; transactions run on
+the threads of a `concurrent.futures.ThreadPoolExecutor`, each taking an
+idle connection (the most recently used first, so a light load keeps to
+one connection) and giving it back when done.  A connection that fails
+fails only the transaction it was carrying.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .connection import Connection
+from .envelope import Envelope
+from .transaction import TransactionResult
+
+
+class ConnectionPool:
+    """Up to *size* connections like *first* (its `Connection.sibling`s).
+
+    Connections are made when there is work for them, and open their
+    network connection on their first send, as any `Connection` does.
+    """
+
+    def __init__(self, first: Connection, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one connection, not {size}")
+        self.size = size
+        self.connections = [first]
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._idle.put(first)
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._completed: queue.SimpleQueue[Future[TransactionResult]] = queue.SimpleQueue()
+
+    def submit(self, envelope: Envelope) -> Future[TransactionResult]:
+        """Send *envelope* on the next idle connection; its result, in the future.
+
+        The future raises only what `Connection.transact` raises: what
+        plugins raise while preparing the envelope, or an interruption.
+        Once done (or cancelled) it is handed out by `completed`.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="mailman-mta")
+        future = self._executor.submit(self._send, envelope)
+        future.add_done_callback(self._completed.put)
+        return future
+
+    def completed(self) -> Future[TransactionResult]:
+        """The next submitted future to be done or cancelled, waiting for one."""
+        return self._completed.get()
+
+    def send_here(self, envelope: Envelope) -> TransactionResult:
+        """Send *envelope* from the calling thread, on an idle connection.
+
+        For a transaction with nothing else under way: no hand-over to
+        another thread.
+        """
+        return self._send(envelope)
+
+    def _send(self, envelope: Envelope) -> TransactionResult:
+        connection = self._take()
+        try:
+            return connection.transact(envelope)
+        finally:
+            self._idle.put(connection)
+
+    def _take(self) -> Connection:
+        """An idle connection; a new one while the pool is smaller than its size.
+
+        At most `size` transactions run at once, so one is always there.
+        """
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self.connections) < self.size:
+                connection = self.connections[0].sibling()
+                self.connections.append(connection)
+                return connection
+        return self._idle.get()
+
+    def interrupt(self) -> None:
+        """Cut every connection now, so transactions under way end at once.
+
+        For a second Ctrl-C: what was under way fails (and counts as "may
+        have arrived" if its message data had been sent).  The sockets are
+        shut down rather than closed: that wakes a thread waiting on one,
+        which then closes it as after any lost connection.
+        """
+        for connection in list(self.connections):
+            sock = getattr(connection.transport, "sock", None)
+            if sock is not None:
+                try:
+                    # The plain socket's shutdown, even under TLS: the TLS
+                    # state belongs to the thread using the connection.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Wait for what is under way, then say QUIT on every connection."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        for connection in self.connections:
+            connection.quit()
