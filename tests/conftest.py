@@ -7,6 +7,8 @@ import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -65,6 +67,25 @@ def site(tmp_path, monkeypatch):
     for name in [n for n in sys.modules if n.startswith("mta_test_")]:
         del sys.modules[name]
     registry.refresh()
+
+
+@pytest.fixture
+def enabled(mta_layers):
+    """``with enabled(name=plugin, ...):`` registers plugins and enables them in a layer, for the block."""
+
+    @contextmanager
+    def enable(**plugins: object) -> Iterator[None]:
+        for name, plugin in plugins.items():
+            registry.add(name, plugin)
+        try:
+            mta_layers.push("enabled-plugins", "".join(f"[plugin.{name}]\nenabled: yes\n" for name in plugins))
+            yield
+        finally:
+            mta_layers.pop("enabled-plugins")
+            for name in plugins:
+                registry.remove(name)
+
+    return enable
 
 
 @pytest.fixture

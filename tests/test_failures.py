@@ -11,7 +11,6 @@ import logging
 import smtplib
 import socket
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -344,34 +343,21 @@ ODD_ERRORS = [
 ]
 
 
-@contextmanager
-def enabled(mta_layers, **plugins: object):
-    """Register *plugins* by name and enable them in a layer, for one block."""
-    for name, plugin in plugins.items():
-        registry.add(name, plugin)
-    try:
-        mta_layers.push("enabled", "".join(f"[plugin.{name}]\nenabled: yes\n" for name in plugins))
-        yield
-    finally:
-        for name in plugins:
-            registry.remove(name)
-
-
 @pytest.mark.parametrize("error", ODD_ERRORS, ids=lambda e: type(e).__name__)
-def test_whatever_escapes_the_transport_is_a_temporary_result(mta_config, mta_layers, error, caplog):
+def test_whatever_escapes_the_transport_is_a_temporary_result(mta_config, mta_layers, error, caplog, enabled):
     class Broken:
         @hookimpl(tryfirst=True)
         def mta_create_transport(self):
             raise error
 
-    with enabled(mta_layers, broken=Broken()), Delivery() as delivery:
+    with enabled(broken=Broken()), Delivery() as delivery:
         result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
     assert set(result.refused) == set(RECIPIENTS)
     assert {failure.code for failure in result.refused.values()} == {451}
     assert result.error is error
 
 
-def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_config, mta_smtpd, mta_layers):
+def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_config, mta_smtpd, mta_layers, enabled):
     class Picky:
         @hookimpl
         def mta_prepare_message(self, envelope):
@@ -379,7 +365,7 @@ def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_con
                 raise ZeroDivisionError("oops")
 
     mta_layers.push("individual", "[mta]\ndelivery: individual\n")
-    with enabled(mta_layers, picky=Picky()), Delivery() as delivery:
+    with enabled(picky=Picky()), Delivery() as delivery:
         result = delivery.deliver("anne@example.com", RECIPIENTS, MESSAGE)
     assert result.accepted == ("bart@example.com",)
     assert result.refused["cate@example.com"].code == 451
@@ -418,7 +404,7 @@ def test_impossible_arguments_are_refused_by_connection():
 # -- observers cannot change a result ----------------------------------------
 
 
-def test_a_result_observer_that_raises_changes_nothing(mta_config, mta_smtpd, mta_layers, caplog):
+def test_a_result_observer_that_raises_changes_nothing(mta_config, mta_smtpd, mta_layers, caplog, enabled):
     seen = []
 
     class Crashing:
@@ -431,7 +417,7 @@ def test_a_result_observer_that_raises_changes_nothing(mta_config, mta_smtpd, mt
         def mta_delivery_result(self, envelope, error, result):
             seen.append((tuple(envelope.recipients), error, result.delivered))
 
-    with enabled(mta_layers, crashing=Crashing(), counting=Counting()):
+    with enabled(crashing=Crashing(), counting=Counting()):
         connection = Connection()
         assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
         with Delivery(connection) as delivery:

@@ -11,7 +11,6 @@ import _thread
 import collections
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -25,19 +24,6 @@ from mailman_mta.testing import CountingSMTPServer
 
 MESSAGE = "From: list@example.org\nSubject: post\n\nHello\n"
 MEMBERS = [f"member{i:02d}@example{i % 3}.com" for i in range(30)]
-
-
-@contextmanager
-def enabled(mta_layers, **plugins: object):
-    """Register *plugins* by name and enable them in a layer, for one block."""
-    for name, plugin in plugins.items():
-        registry.add(name, plugin)
-    try:
-        mta_layers.push("pool-plugins", "".join(f"[plugin.{name}]\nenabled: yes\n" for name in plugins))
-        yield
-    finally:
-        for name in plugins:
-            registry.remove(name)
 
 
 def deliveries_of(server: CountingSMTPServer) -> collections.Counter:
@@ -78,7 +64,7 @@ def test_transactions_are_spread_over_the_connections(mta_config, mta_smtpd, mta
     assert sessions == 16
 
 
-def test_one_connection_means_no_threads(mta_config, mta_smtpd, mta_layers):
+def test_one_connection_means_no_threads(mta_config, mta_smtpd, mta_layers, enabled):
     mta_layers.push("one", "[mta]\ndelivery: individual\nmax_connections: 1\n")
     seen = set()
 
@@ -87,7 +73,7 @@ def test_one_connection_means_no_threads(mta_config, mta_smtpd, mta_layers):
         def mta_prepare_message(self):
             seen.add(threading.current_thread())
 
-    with enabled(mta_layers, where=Where()), Delivery() as delivery:
+    with enabled(where=Where()), Delivery() as delivery:
         assert delivery.deliver("list@example.org", MEMBERS[:5], MESSAGE).ok
     assert seen == {threading.current_thread()}
 
@@ -116,7 +102,7 @@ def test_exactly_once_with_a_connection_killed_mid_run(mta_config, mta_smtpd, mt
     assert len(result.accepted) >= len(MEMBERS) - 4
 
 
-def test_deliver_many_yields_results_in_the_order_given(mta_config, mta_smtpd, mta_layers):
+def test_deliver_many_yields_results_in_the_order_given(mta_config, mta_smtpd, mta_layers, enabled):
     mta_layers.push("pool", "[mta]\nmax_connections: 4\n")
 
     class SlowFirst:
@@ -126,7 +112,7 @@ def test_deliver_many_yields_results_in_the_order_given(mta_config, mta_smtpd, m
                 time.sleep(0.3)
 
     posts = [("list@example.org", [f"only{number}@example.com"], f"Subject: {number}\n\n") for number in range(8)]
-    with enabled(mta_layers, slow=SlowFirst()), Delivery() as delivery:
+    with enabled(slow=SlowFirst()), Delivery() as delivery:
         results = list(delivery.deliver_many(iter(posts)))
     assert [result.recipients for result in results] == [tuple(recipients) for _, recipients, _ in posts]
     assert all(result.ok for result in results)
@@ -135,7 +121,7 @@ def test_deliver_many_yields_results_in_the_order_given(mta_config, mta_smtpd, m
     assert arrived[-1] == "only0@example.com", "the first post finished last, and was still reported first"
 
 
-def test_no_more_transactions_at_once_than_connections(mta_config, mta_smtpd, mta_layers):
+def test_no_more_transactions_at_once_than_connections(mta_config, mta_smtpd, mta_layers, enabled):
     mta_layers.push("pool", "[mta]\ndelivery: individual\nmax_connections: 3\n")
     lock = threading.Lock()
     now, most = [0], [0]
@@ -150,7 +136,7 @@ def test_no_more_transactions_at_once_than_connections(mta_config, mta_smtpd, mt
             with lock:
                 now[0] -= 1
 
-    with enabled(mta_layers, gauge=Gauge()), Delivery() as delivery:
+    with enabled(gauge=Gauge()), Delivery() as delivery:
         assert delivery.deliver("list@example.org", MEMBERS, MESSAGE).ok
     assert most[0] == 3
 
@@ -172,7 +158,7 @@ def test_deliver_many_reads_its_posts_only_as_fast_as_they_go(mta_config, mta_sm
         assert len(list(stream)) == 49
 
 
-def test_a_layer_pushed_during_a_transaction_waits_for_the_next(mta_config, mta_smtpd, mta_layers):
+def test_a_layer_pushed_during_a_transaction_waits_for_the_next(mta_config, mta_smtpd, mta_layers, enabled):
     mta_layers.push("one", "[mta]\ndelivery: individual\nmax_connections: 1\n")
     pushed = []
 
@@ -186,7 +172,7 @@ def test_a_layer_pushed_during_a_transaction_waits_for_the_next(mta_config, mta_
             assert not config.settings.devmode.enabled or envelope.recipients == ["dev@example.com"]
 
     try:
-        with enabled(mta_layers, meddler=Meddler()), Delivery() as delivery:
+        with enabled(meddler=Meddler()), Delivery() as delivery:
             result = delivery.deliver("list@example.org", ["anne@example.com", "bart@example.com"], MESSAGE)
     finally:
         if "late-devmode" in mta_config.layers:
@@ -216,7 +202,8 @@ def test_a_layer_refused_by_its_check_is_never_seen_by_other_threads():
 
 
 @pytest.mark.parametrize("connections", [1, 4])
-def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(mta_config, mta_smtpd, mta_layers, connections):
+def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(mta_config, mta_smtpd, mta_layers, enabled,
+                                                                  connections):
     mta_layers.push("pool", f"[mta]\ndelivery: individual\nmax_connections: {connections}\n")
     mta_smtpd.script("MAIL", delay=0.01, times=0)
     done = []
@@ -228,7 +215,7 @@ def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(mta_config, mta
             if len(done) == 5:
                 _thread.interrupt_main()
 
-    with enabled(mta_layers, ctrlc=CtrlC()):
+    with enabled(ctrlc=CtrlC()):
         delivery = Delivery()
         with pytest.raises(DeliveryInterrupted) as caught:
             delivery.deliver("list@example.org", MEMBERS, MESSAGE)
