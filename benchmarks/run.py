@@ -300,7 +300,7 @@ def postfix_peer(relay_port: int | None = None):
         yield testbed.port, None
 
 
-def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str], tuple[float, float] | None]:
+def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str], tuple[float, float, int] | None]:
     notes = []
     clients = [c for c in CLIENTS if available(c)]
     if AioSmtplib not in clients:
@@ -410,7 +410,7 @@ GOALS = [
 ]
 
 
-def goals_report(rows: list[Row], verp: tuple[float, float] | None) -> str:
+def goals_report(rows: list[Row], verp: tuple[float, float, int] | None) -> str:
     lines = ["| goal (ratio to the baseline in this run) | measured | reached |", "|---|---:|---|"]
     for goal in GOALS:
         value = goal.measure(rows)
@@ -430,8 +430,8 @@ def goals_report(rows: list[Row], verp: tuple[float, float] | None) -> str:
         lines.append(f"| every row of ours >= 1.3x aiosmtplib reused (lowest: {row.client}, {row.peer}, "
                      f"{row.recipients} rcpt) | {value:.2f}x | {'yes' if value >= 1.3 else 'NO'} |")
     if verp is not None:
-        one, four = verp
-        lines.append(f"| VERP, one post to 200 members, 3 ms away: 4 connections >= 3x one "
+        one, four, count = verp
+        lines.append(f"| VERP, one post to {count} members, 3 ms away: 4 connections >= 3x one "
                      f"({one:.2f} s, {four:.2f} s) | {one / four:.2f}x | {'yes' if one / four >= 3 else 'NO'} |")
     return "\n".join(lines)
 
@@ -442,7 +442,7 @@ def ours_over_aiosmtplib(rows: list[Row], row: Row) -> float | None:
     return None if other is None else statistics.median(a[0] / b[0] for a, b in zip(row.rounds, other.rounds))
 
 
-def verp_seconds(port: int, rounds: int, members_count: int = 200) -> tuple[float, float]:
+def verp_seconds(port: int, rounds: int, members_count: int = 200) -> tuple[float, float, int]:
     """Median seconds for one VERP post to *members_count* members with 1, then 4, connections."""
     recipients = members(members_count)
     seconds: dict[int, list[float]] = {1: [], 4: []}
@@ -457,7 +457,7 @@ def verp_seconds(port: int, rounds: int, members_count: int = 200) -> tuple[floa
                 assert result.ok, result.refused
             finally:
                 delivery.close()
-    return statistics.median(seconds[1]), statistics.median(seconds[4])
+    return statistics.median(seconds[1]), statistics.median(seconds[4]), members_count
 
 
 def chart(rows: list[Row], path: Path) -> bool:
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.0f} s")
     arguments.json.write_text(json.dumps({
         "rows": [asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message} for row in rows],
-        "verp_seconds": {"1 connection": verp[0], "4 connections": verp[1]} if verp else None,
+        "verp_seconds": {"members": verp[2], "1 connection": verp[0], "4 connections": verp[1]} if verp else None,
         "notes": notes,
     }, indent=2))
     if chart(rows, arguments.chart):

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_benchmarks_run_and_report_every_client(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--peers", "sink",
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--peers", "sink,3 ms",
          "--json", str(tmp_path / "results.json"), "--chart", str(tmp_path / "results.png")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
@@ -21,7 +21,10 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
     clients = {row["client"] for row in rows}
     assert "smtplib, reused connection (baseline)" in clients
     assert "mailman-mta Connection, pipelining" in clients
+    assert "mailman-mta pool of 4, pipelining" in clients
+    assert "smtplib x 4 threads" in clients
     assert {row["recipients"] for row in rows} == {1, 50}
     assert all(row["messages"] > 0 and row["per_second"] > 0 for row in rows)
     assert "| sink | 50 | mailman-mta Connection, pipelining |" in result.stdout
     assert "| goal (ratio to the baseline in this run) |" in result.stdout
+    assert "| VERP, one post to 40 members, 3 ms away: 4 connections >= 3x one" in result.stdout

@@ -18,7 +18,6 @@ from mailman_mta import hookimpl
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import CONNECTION_LOST, Delivery
 from mailman_mta.errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError
-from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer
 
 MESSAGE = "From: anne@example.com\nSubject: test\n\nHello\n"

@@ -19,7 +19,6 @@ from mailman_mta.config import Configuration
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import NOT_ATTEMPTED, Delivery
 from mailman_mta.errors import DeliveryInterrupted
-from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer
 
 MESSAGE = "From: list@example.org\nSubject: post\n\nHello\n"
