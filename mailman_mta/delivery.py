@@ -176,8 +176,9 @@ class Delivery:
         Ctrl-C (KeyboardInterrupt) stops taking new work; transactions under
         way are finished (a second Ctrl-C cuts them short); every connection
         says QUIT; and `DeliveryInterrupted` is raised with a result for
-        every post begun: who got it, who did not ("not attempted"), and who
-        may have (cut off after the end of the message).
+        every post begun whose result was not yielded yet: who got it, who
+        did not ("not attempted"), and who may have (cut off after the end
+        of the message).
         """
         size = self.connection.setting("max_connections")
         pool = self._pool_of(size)
@@ -373,7 +374,8 @@ class Delivery:
         try:
             futures.wait(list(in_flight))
         except KeyboardInterrupt:
-            pool.interrupt()
+            if pool is not None:
+                pool.interrupt()
             futures.wait(list(in_flight))
         for future in list(in_flight):
             self._settle(future, in_flight, progress)

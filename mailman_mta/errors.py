@@ -103,9 +103,10 @@ class DeliveryInterrupted(KeyboardInterrupt):
 
     A `KeyboardInterrupt`, so whatever stops a program on Ctrl-C still
     does.  `results` holds a `mailman_mta.results.DeliveryResult` for every
-    post begun, in order: recipients not refused got the message; refused
-    ones did not, or were not attempted; those in a result's ``uncertain``
-    may have (the connection was cut after the whole message was sent).
+    post begun whose result had not been handed out yet, in order:
+    recipients not refused got the message; refused ones did not, or were
+    not attempted; those in a result's ``uncertain`` may have (the
+    connection was cut after the whole message was sent).
     """
 
     def __init__(self, results: list) -> None:
