@@ -106,14 +106,14 @@ class ReplyReader:
         """
         buffer = self._buffer
         self._started = None
-        match = _ONE_LINE.match(buffer)
-        if match is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
+        quick = self._one_line_at(0)
+        if quick is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
             self._receive(command)
-            match = _ONE_LINE.match(buffer)
-        if match is not None and match.end() <= MAX_LINE_OCTETS:
-            code, text = int(match[1]), bytes(match[2] or b"").strip(b" \t")
-            del buffer[: match.end()]
-            return Reply(code, (text if self.mask is None else self.mask(text),))
+            quick = self._one_line_at(0)
+        if quick is not None:
+            reply, end = quick
+            del buffer[:end]
+            return reply
         try:
             return self._read_lines(command)
         finally:
@@ -139,22 +139,26 @@ class ReplyReader:
 
     def _buffered_replies(self, most: int) -> list[Reply]:
         """Up to *most* one-line replies that are already buffered, parsed in one pass."""
-        buffer = self._buffer
-        mask = self.mask
         replies = []
         position = 0
         while len(replies) < most:
-            match = _ONE_LINE.match(buffer, position)
-            if match is None or match.end() - position > MAX_LINE_OCTETS:
+            quick = self._one_line_at(position)
+            if quick is None:
                 break
-            text = bytes(match[2] or b"").strip(b" \t")
-            code = int(match[1])
-            replies.append(Reply(code, (text if mask is None else mask(text),)))
-            position = match.end()
-            if code == 421:
+            reply, position = quick
+            replies.append(reply)
+            if reply.code == 421:
                 break
-        del buffer[:position]
+        del self._buffer[:position]
         return replies
+
+    def _one_line_at(self, position: int) -> tuple[Reply, int] | None:
+        """The whole one-line reply buffered at *position*, and where it ends; or None."""
+        match = _ONE_LINE.match(self._buffer, position)
+        if match is None or match.end() - position > MAX_LINE_OCTETS:
+            return None
+        text = bytes(match[2] or b"").strip(b" \t")
+        return Reply(int(match[1]), (text if self.mask is None else self.mask(text),)), match.end()
 
     def _read_lines(self, command: str) -> Reply:
         """The general case: several lines, or lines that arrive in pieces."""

@@ -142,12 +142,6 @@ class TransactionResult:
         """The message went out whole and no verdict came back: it may have arrived."""
         return self.error is not None and self.stage == END_OF_DATA and self.reply is None
 
-    def accepted(self) -> list[int]:
-        """The indexes of the recipients who got the message."""
-        if not self.delivered:
-            return []
-        return [i for i, reply in enumerate(self.rcpt_replies) if reply is not None and reply.code < 300]
-
     def outcome(self, index: int) -> tuple[Reply | None, BaseException | None]:
         """Why recipient *index* did not get the message: (reply, error).
 

@@ -29,6 +29,7 @@ import selectors
 import smtplib
 import socket
 import ssl
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from zope.interface import classImplements, implementer
@@ -259,23 +260,13 @@ class SMTPTransport(smtplib.SMTP):
         super().putcmd(cmd, args)
 
     def send(self, s):
-        try:
-            super().send(s)
-        except smtplib.SMTPServerDisconnected as error:
-            raise self._explain(error, "while sending") from error.__context__
-
-    def _explain(self, error: smtplib.SMTPServerDisconnected, doing: str) -> smtplib.SMTPServerDisconnected:
-        cause = error.__context__
-        if isinstance(cause, TimeoutError):
-            return SMTPTimeoutError(
-                f"{self.where} did not accept {self.last_command} within {self.timeout:g} s"
-            )
-        if self.sock is None and "run connect() first" in str(error):
-            return error
-        detail = f" ({cause})" if cause is not None else ""
-        return smtplib.SMTPServerDisconnected(
-            f"{self.where} closed the connection {doing} {self.last_command}{detail}"
-        )
+        """smtplib's writer of commands (EHLO, AUTH, QUIT...), through our one write path."""
+        if self.debuglevel > 0:
+            self._print_debug("send:", repr(s))
+        if isinstance(s, str):
+            s = s.encode(self.command_encoding)
+        sys.audit("smtplib.send", self, s)
+        self._sendall(s)
 
     def write(self, data: bytes, command: str) -> None:
         """Send *data*, one or more command lines starting with *command*."""

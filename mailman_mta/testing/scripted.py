@@ -190,16 +190,6 @@ class ScriptedSMTPServer:
         with self._lock:
             self._actions.extend(actions)
 
-    def reset(self) -> None:
-        """Forget the script and everything recorded (between test cases)."""
-        with self._lock:
-            self._actions.clear()
-            self.commands.clear()
-            self.reads.clear()
-            self.auth_lines.clear()
-            self.transactions.clear()
-            self.connections = 0
-
     @property
     def kept(self) -> list[ServerTransaction]:
         """The transactions whose message the server kept."""
