@@ -297,8 +297,8 @@ def check(session: Session) -> None:
         transport = connection.open_transport()
         try:
             transport.ehlo_or_helo_if_needed()
-            console.print(f"server      {connection.host}:{connection.port} "
-                          f"({connection.setting('secure_mode')})")
+            host, port = getattr(transport, "relay", None) or (connection.host, connection.port)
+            console.print(f"server      {host}:{port} ({connection.setting('secure_mode')})")
             greeting = (transport.ehlo_resp or b"").decode("utf-8", "replace").splitlines()
             console.print(f"greets as   {escape(greeting[0] if greeting else '?')}")
             for name, parameters in transport.esmtp_features.items():

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import configparser
 import difflib
-import importlib.resources
-import ipaddress
+import io
+import logging
 import re
 import textwrap
 import threading
@@ -41,208 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-from lazr.config import Config, ConfigSchema, as_boolean
+from lazr.config import Config, ConfigSchema
 from lazr.config.interfaces import ConfigErrors, NoConfigError
 from zope.interface import implementer
 
-from . import verp
-from .envelope import check_address
-from .errors import ConfigurationError, EnvelopeError
+from .errors import ConfigurationError
 from .interfaces import IConfiguration
 from .manager import PluginRegistry, build_plugin_manager, registration_order
 from .manager import registry as default_registry
-from .secret import Secret
-from .tls import SECURE_MODES, TLS_VERSIONS
+from .schema import PLUGIN_CATEGORY, SCHEMA_FILE, Requirement, Schema
 
-#: The schema shipped with mailman-mta.
-SCHEMA_FILE = importlib.resources.files("mailman_mta.schema").joinpath("schema.cfg")
-
-PLUGIN_CATEGORY = "plugin"
-
-
-# -- Value types ---------------------------------------------------------
-#
-# Each converter takes the raw text of a key and returns its typed value, or
-# raises ValueError with a message that completes "[section] key: ...".
-
-
-def as_text(value: str) -> str:
-    return value
-
-
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?")
-
-
-def as_host(value: str) -> str:
-    """A host name (internationalised names too) or an IPv4 or IPv6 address.
-
-    Checked as the resolver will need it, so that a name that can never be
-    looked up is refused when the layer is pushed, not at the first send.
-    """
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    try:
-        ascii_name = value.encode("idna").decode("ascii")
-    except UnicodeError:
-        ascii_name = ""
-    labels = ascii_name[:-1].split(".") if ascii_name.endswith(".") else ascii_name.split(".")
-    if not ascii_name or len(ascii_name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{value!r} is not a host name or IP address")
-    return value
-
-
-def as_port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{value!r} is not a port number (a whole number from 1 to 65535)")
-    return port
-
-
-def as_positive_count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"{value!r} is not a whole number, 1 or more")
-    return count
-
-
-def as_count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"{value!r} is not a count (a whole number, 0 or more)")
-    return count
-
-
-def as_flag(value: str) -> bool:
-    try:
-        return as_boolean(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not yes or no (use yes/no, true/false, on/off, 1/0)"
-        ) from None
-
-
-#: The longest time any setting may name: sockets cannot wait much longer
-#: on some platforms (a 32-bit time_t ends at about 2.1e9 seconds).
-MAX_SECONDS = 10**9
-
-
-def as_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"{value!r} is not a number of seconds (0 or more)")
-    if seconds > MAX_SECONDS:
-        raise ValueError(f"{value!r} is longer than any timeout can be ({MAX_SECONDS} seconds at most)")
-    return seconds
-
-
-def as_positive_seconds(value: str) -> float:
-    seconds = as_seconds(value)
-    if seconds == 0:
-        raise ValueError(f"{value!r} must be more than 0 seconds")
-    return seconds
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def as_choice(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return as_choice
-
-
-def as_existing_file(value: str) -> str:
-    if value and not Path(value).is_file():
-        raise ValueError(f"{value!r} is not a readable file")
-    return value
-
-
-def as_existing_directory(value: str) -> str:
-    if value and not Path(value).is_dir():
-        raise ValueError(f"{value!r} is not a directory")
-    return value
-
-
-def as_secret(value: str) -> Secret:
-    return Secret(value)
-
-
-def as_optional_address(value: str) -> str:
-    if value:
-        try:
-            check_address(value, "address")
-        except EnvelopeError as error:
-            raise ValueError(str(error)) from None
-    return value
-
-
-_PYTHON_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
-
-
-def as_python_path(value: str) -> str:
-    if value and not _PYTHON_PATH.match(value):
-        raise ValueError(f"{value!r} is not a Python path like package.module or package.module:Name")
-    return value
-
-
-#: The type of every key in the schema, by section (or, for sections made
-#: from a ``.master`` template, by category).  tests/test_config.py checks
-#: that no schema key is missing here.
-CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {
-    "mta": {
-        "smtp_host": as_host,
-        "smtp_port": as_port,
-        "smtp_user": as_text,
-        "smtp_pass": as_secret,
-        "max_sessions_per_connection": as_count,
-        "max_connection_age": as_seconds,
-        "noop_after_idle": as_seconds,
-        "max_idle_time": as_seconds,
-        "connect_timeout": as_positive_seconds,
-        "command_timeout": as_positive_seconds,
-        "secure_mode": one_of(*SECURE_MODES),
-        "verify_cert": as_flag,
-        "verify_hostname": as_flag,
-        "ca_file": as_existing_file,
-        "ca_path": as_existing_directory,
-        "tls_min_version": one_of(*TLS_VERSIONS),
-        "delivery": one_of("bulk", "individual", "verp"),
-        "max_recipients": as_count,
-        "pipelining": as_flag,
-        "max_connections": as_positive_count,
-    },
-    "verp": {
-        "format": verp.check_format,
-    },
-    "devmode": {
-        "enabled": as_flag,
-        "recipient": as_optional_address,
-    },
-    PLUGIN_CATEGORY: {
-        "class": as_python_path,
-        "enabled": as_flag,
-    },
-}
-
-
-def converter_for(section: str, key: str) -> Callable[[str], Any]:
-    category = section.split(".", 1)[0]
-    table = CONVERTERS.get(section) or CONVERTERS.get(category, {})
-    return table.get(key, as_text)
+log = logging.getLogger("mailman_mta.config")
 
 
 # -- Typed views ---------------------------------------------------------
@@ -319,6 +128,13 @@ class _State:
     manager: pluggy.PluginManager
     active_plugins: dict[str, object]
     registry_generation: int
+    #: Why the layers cannot be used as they stand (`Requirement` not met),
+    #: or None.  Refused at push; a pop can still leave one, and then
+    #: nothing is sent until it is mended.
+    problem: str | None
+    #: The plugins that open and authenticate connections: a connection
+    #: opened by a different set is replaced before its next send.
+    opening_plugins: tuple[object, ...]
 
 
 # -- The configuration ---------------------------------------------------
@@ -333,6 +149,11 @@ class Configuration:
     is the default that `Connection` uses when it is given none.  Sections
     are looked up on every access (``config.mta.smtp_host``), so never keep
     a section object across a push or pop: it would be stale.
+
+    The schema is ``schema.cfg`` (or *schema_file*) plus the sections every
+    known plugin declares (`mta_declare_config`, see `mailman_mta.schema`).
+    It is collected on first use, not at construction, so plugins may
+    import this module; and again whenever the registry's plugins change.
     """
 
     def __init__(
@@ -342,17 +163,69 @@ class Configuration:
         registry: PluginRegistry | None = None,
     ) -> None:
         if schema_file is None:
-            with importlib.resources.as_file(SCHEMA_FILE) as path:
-                schema = ConfigSchema(fspath(path))
+            self._core_schema_text = SCHEMA_FILE.read_text(encoding="utf-8")
         else:
-            schema = ConfigSchema(fspath(schema_file))
-        self._schema = schema
-        self._config = Config(schema)
+            self._core_schema_text = Path(schema_file).read_text(encoding="utf-8")
         self._lock = threading.RLock()
         self._state: _State | None = None
         #: The state a thread has pinned (see `pinned`), per thread.
         self._pins = threading.local()
         self.registry = registry if registry is not None else default_registry
+        self._schema_generation = -1
+        self._declared: Schema | None = None
+        self._lazr: Config | None = None
+
+    # -- the schema, as the known plugins declare it ---------------------
+
+    @property
+    def schema(self) -> Schema:
+        """Every section and key this configuration knows, with their types."""
+        self._up_to_date()
+        return self._declared
+
+    @property
+    def _config(self) -> Config:
+        self._up_to_date()
+        return self._lazr
+
+    def _up_to_date(self) -> None:
+        if self._schema_generation == self.registry.generation and self._lazr is not None:
+            return
+        with self._lock:
+            generation = self.registry.generation
+            if self._schema_generation == generation and self._lazr is not None:
+                return
+            declared = self._collect_schema()
+            if self._declared is None or declared.text != self._declared.text:
+                lazr = Config(ConfigSchema("schema.cfg", io.StringIO(declared.text)))
+                if self._lazr is not None:
+                    _lay_again(self._lazr, lazr)
+                self._lazr = lazr
+            self._declared = declared
+            self._schema_generation = generation
+            self._state = None
+
+    def _collect_schema(self) -> Schema:
+        """Ask every known plugin, enabled or not, for the sections it declares.
+
+        A plugin that cannot be loaded declares nothing; the same error is
+        raised, naming it, if a layer enables it.
+        """
+        schema = Schema(self._core_schema_text)
+        for name in self.registry.names():
+            try:
+                manager = build_plugin_manager([(name, self.registry.load(name))])
+            except ConfigurationError as error:
+                log.warning("plugin %r declares no configuration, since it cannot be loaded: %s", name, error)
+                continue
+            for implementation in manager.hook.mta_declare_config.get_hookimpls():
+                arguments = {"schema": schema.for_plugin(name)}
+                implementation.function(**{arg: arguments[arg] for arg in implementation.argnames})
+        return schema
+
+    def converter_for(self, section: str, key: str) -> Callable[[str], Any]:
+        """The converter that types ``[section] key`` (see `mailman_mta.values`)."""
+        return self.schema.converter(section, key)
 
     # -- raw access, as in Mailman ---------------------------------------
 
@@ -377,8 +250,9 @@ class Configuration:
         """
         found = "default"
         previous: object = None
-        bottom = self._config.overlays[-1]
-        for data in reversed(self._config.overlays):
+        overlays = self._config.overlays
+        bottom = overlays[-1]
+        for data in reversed(overlays):
             try:
                 value = data[section][key]
             except (configparser.NoSectionError, KeyError):
@@ -395,23 +269,27 @@ class Configuration:
 
         Raises `ConfigurationError` (and changes nothing) if the layer names
         an unknown section or key, has a value of the wrong type, enables a
-        plugin that cannot be loaded, or is refused by a plugin's
-        `mta_check_config`.
+        plugin that cannot be loaded, leaves a setting on whose plugin is
+        off (see `mailman_mta.schema.PluginSchema.needs_plugin_when`), or
+        is refused by a plugin's `mta_check_config`.
         """
         text = textwrap.dedent(text)
         with self._lock:
             self._check_layer_text(name, text)
-            saved_overlays, saved_state = self._config._overlays, self._state
+            lazr = self._config
+            saved_overlays, saved_state = lazr._overlays, self._state
             try:
-                self._config.push(name, text)
+                lazr.push(name, text)
                 try:
-                    self._config.validate()
+                    lazr.validate()
                 except ConfigErrors as error:
                     problems = "; ".join(str(e) for e in error.errors)
                     raise ConfigurationError(
                         f"config layer {name!r} is not valid: {problems}", layer=name
                     ) from error
                 state = self._compute_state()
+                if state.problem is not None:
+                    raise ConfigurationError(state.problem)
                 with self._pinned_to(state):
                     state.manager.hook.mta_check_config(config=self)
                 # Published only once checked: no other thread sees a
@@ -419,13 +297,13 @@ class Configuration:
                 self._state = state
             except ConfigurationError as error:
                 # lazr.config keeps a bad layer on the stack, so restore it.
-                self._config._overlays, self._state = saved_overlays, saved_state
+                lazr._overlays, self._state = saved_overlays, saved_state
                 if error.layer is None:
                     error.layer = name
                     error.args = (f"config layer {name!r}: {error}",)
                 raise
             except BaseException:
-                self._config._overlays, self._state = saved_overlays, saved_state
+                lazr._overlays, self._state = saved_overlays, saved_state
                 raise
 
     def push_file(self, path: str | PathLike[str]) -> str:
@@ -508,11 +386,30 @@ class Configuration:
         state = self._state
         if state is None or state.registry_generation != self.registry.generation:
             with self._lock:
-                state = self._state = self._compute_state()
+                state = self._compute_state()
+                self._state = state
         return state
+
+    @property
+    def problem(self) -> str | None:
+        """Why the current layers may not be used to send, or None.
+
+        A layer that leaves a plugin's setting on with the plugin disabled
+        is refused at push, but popping a layer can leave the same state
+        behind (``[devmode] enabled`` from a lower layer, with the layer
+        that enabled ``[plugin.devmode]`` popped).  `Connection` then
+        sends nothing, rather than let mail reach real people.
+        """
+        return self._current().problem
+
+    @property
+    def opening_plugins(self) -> tuple[object, ...]:
+        """The enabled plugins that open or authenticate connections."""
+        return self._current().opening_plugins
 
     def _compute_state(self) -> _State:
         generation = self.registry.generation
+        self._up_to_date()
         settings = self._convert()
         active = {
             name: self.registry.load(name, settings.plugins[name]["class"])
@@ -520,16 +417,24 @@ class Configuration:
             if settings.plugins[name].enabled
         }
         manager = build_plugin_manager(active.items())
-        return _State(settings, manager, active, generation)
+        problem = next((_unmet(requirement, settings) for requirement in self._declared.requirements
+                        if requirement.plugin not in active and _unmet(requirement, settings)), None)
+        opening = tuple(
+            implementation.plugin
+            for hook in (manager.hook.mta_create_transport, manager.hook.mta_authenticate)
+            for implementation in hook.get_hookimpls()
+        )
+        return _State(settings, manager, active, generation, problem, opening)
 
     def _convert(self) -> Settings:
         sections: dict[str, SectionSettings] = {}
+        schema = self._declared
         for section in self._config:
             if section.name == f"{PLUGIN_CATEGORY}.master":
                 continue
             values = {}
             for key in section.schema:
-                convert = converter_for(section.name, key)
+                convert = schema.converter(section.name, key)
                 try:
                     values[key] = convert(section[key])
                 except ValueError as error:
@@ -554,7 +459,7 @@ class Configuration:
                 continue
             schema = self._section_schema(section)
             if schema is None:
-                known = [s.name for s in self._schema if not s.name.endswith(".master")]
+                known = [s.name for s in self._config.schema if not s.name.endswith(".master")]
                 raise ConfigurationError(
                     f"config layer {name!r}: there is no section [{section}]"
                     + _did_you_mean(section, known + [f"{PLUGIN_CATEGORY}.NAME"]),
@@ -569,13 +474,43 @@ class Configuration:
                     )
 
     def _section_schema(self, section: str):
-        if section in self._schema:
-            return self._schema[section]
+        schema = self._config.schema
+        if section in schema:
+            return schema[section]
         category, _, rest = section.partition(".")
         master = f"{category}.master"
-        if rest and master in self._schema:
-            return self._schema[master]
+        if rest and master in schema:
+            return schema[master]
         return None
+
+
+def _unmet(requirement: Requirement, settings: Settings) -> str | None:
+    """The complaint about *requirement*, if the settings switch its feature on."""
+    value = settings[requirement.section][requirement.key]
+    if value != requirement.value:
+        return None
+    shown = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+    return requirement.describe(shown)
+
+
+def _lay_again(old: Config, new: Config) -> None:
+    """Push *old*'s layers onto *new*, whose schema plugins have changed.
+
+    Each lazr.config layer holds every section's effective values, so each
+    is laid again whole, under its name, keeping the sections *new*'s
+    schema has: those of a plugin no longer known are dropped.
+    """
+    schema = new.schema
+    for data in reversed(old.overlays[:-1]):
+        layer = configparser.RawConfigParser(interpolation=None)
+        layer.optionxform = str  # type: ignore[assignment,method-assign]
+        for section in data:
+            category, _, rest = section.name.partition(".")
+            if section.name in schema or (rest and f"{category}.master" in schema):
+                layer[section.name] = {key: section[key] for key in section.schema}
+        text = io.StringIO()
+        layer.write(text)
+        new.push(data.name, text.getvalue())
 
 
 def _parse_problem(error: configparser.Error) -> str:

@@ -16,7 +16,9 @@ read at each send.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import smtplib
 import ssl
 import time
@@ -25,10 +27,17 @@ from typing import Any
 from zope.interface import implementer
 
 from . import esmtp, tls
-from .config import Configuration, converter_for
+from .config import Configuration
 from .config import config as default_config
 from .envelope import Envelope, MessageInput
-from .errors import EnvelopeError, NoTransportError, SMTPProtocolError, SMTPTimeoutError, UnsendableMessageError
+from .errors import (
+    ConfigurationError,
+    EnvelopeError,
+    NoTransportError,
+    SMTPProtocolError,
+    SMTPTimeoutError,
+    UnsendableMessageError,
+)
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply
 from .secret import Secret
@@ -37,6 +46,22 @@ from .transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResul
 log = logging.getLogger("mailman_mta.connection")
 
 RefusedRecipients = dict[str, tuple[int, bytes]]
+
+#: The [mta] keys that decide what a connection is: when a layer changes
+#: one, an open connection is replaced before its next send.
+CONNECTION_KEYS = (
+    "smtp_host", "smtp_port", "smtp_user", "smtp_pass", "secure_mode", "verify_cert",
+    "verify_hostname", "ca_file", "ca_path", "tls_min_version",
+)
+
+#: Serial numbers of `Connection` objects, for logs.
+_numbers = itertools.count(1)
+
+
+def pause(seconds: float) -> None:
+    """Wait *seconds*, as `mta_pace_transaction` asked (tests replace this)."""
+    time.sleep(seconds)
+
 
 # Constructor arguments whose names differ from their [mta] keys.
 _ARGUMENT_KEYS = {
@@ -149,6 +174,13 @@ class Connection:
         self.transport: ITransport | None = None
         #: Whether the open transport runs our exact transactions.
         self._exact = False
+        #: What the open transport was opened with (see `_opening_terms`).
+        self._opened_with: tuple[Any, ...] | None = None
+        #: (host, port) of the relay the open transport reached.
+        self._relay: tuple[str, int] | None = None
+        self._plugin_state: dict[object, dict[str, Any]] = {}
+        #: This connection's serial number in the process, for logs.
+        self.number = next(_numbers)
         self.session_count = 0
         self.connection_count = 0
         self.connected_at: float | None = None
@@ -162,7 +194,7 @@ class Connection:
             return Secret(value)
         text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
         try:
-            return converter_for("mta", key)(text)
+            return self.config.converter_for("mta", key)(text)
         except ValueError as error:
             raise ValueError(f"Connection({name}=...): {error}") from None
 
@@ -177,11 +209,28 @@ class Connection:
 
     @property
     def host(self) -> str:
-        return self.setting("smtp_host")
+        """The relay's host: the one the open connection reached, else the configured one."""
+        relay = self._relay
+        return relay[0] if relay is not None else self.setting("smtp_host")
 
     @property
     def port(self) -> int:
-        return self.setting("smtp_port")
+        """The relay's port: the one the open connection reached, else the configured one."""
+        relay = self._relay
+        return relay[1] if relay is not None else self.setting("smtp_port")
+
+    def plugin_state(self, owner: object) -> dict[str, Any]:
+        """A dict a plugin keeps its state for this connection in, kept for its lifetime.
+
+        *owner* is any hashable key of the plugin's own (its name, or the
+        plugin object).  The dict outlives the open transport; clear what
+        belongs to one transport in `mta_create_transport`.  Used by one
+        thread at a time, like the connection.
+        """
+        try:
+            return self._plugin_state[owner]
+        except KeyError:
+            return self._plugin_state.setdefault(owner, {})
 
     @property
     def sessions_per_connection(self) -> int:
@@ -271,6 +320,9 @@ class Connection:
         finished, else one whose ``error`` is the interruption.
         """
         with self.config.pinned() as config:
+            problem = config.problem
+            if problem is not None:
+                raise ConfigurationError(f"nothing is sent while the configuration is inconsistent: {problem}")
             hook = config.hook
             hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
             envelope.check()
@@ -279,11 +331,13 @@ class Connection:
             if envelope.mail_options or envelope.rcpt_options:
                 esmtp.check_parameters(envelope.mail_options, "MAIL")
                 esmtp.check_parameters(envelope.rcpt_options, "RCPT")
-            if self.transport is not None and False in hook.mta_session_allowed(config=config, connection=self):
+            if self.transport is not None and not self._may_carry_another(config, hook):
                 self.quit()
             result = None
+            started = time.monotonic()
             try:
                 result = self._send_with_one_retry(config, hook, envelope)
+                result.duration = time.monotonic() - started
                 if self.transport is not None:
                     if result.stage != BEFORE or result.error is None:
                         self.session_count += 1
@@ -303,22 +357,47 @@ class Connection:
                 raise
         return result
 
+    def _may_carry_another(self, config: Configuration, hook: Any) -> bool:
+        """May the open connection carry the next session, as it is and as the plugins say?"""
+        if self._opened_with != self._opening_terms(config):
+            return False
+        return False not in hook.mta_session_allowed(config=config, connection=self)
+
+    def _opening_terms(self, config: Configuration) -> tuple[Any, ...]:
+        """What a connection opened now would be opened with: the plugins, and the [mta] keys."""
+        return (config.opening_plugins, *(self.setting(key) for key in CONNECTION_KEYS))
+
     def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:
         reused = self.transport is not None
-        result = self._transact(config, hook, envelope)
+        result = self._transact(config, hook, envelope, pace=True)
         if reused and retryable(result):
             log.info("%s:%s dropped a reused connection before the message was sent (%s); "
                      "sending it on a new connection", self.host, self.port, result.error)
             self.close()
-            result = self._transact(config, hook, envelope)
+            result = self._transact(config, hook, envelope, pace=False)
         return result
 
-    def _transact(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:
-        """One attempt: connect if needed, then run the transaction."""
+    def _pace(self, config: Configuration, hook: Any, envelope: Envelope) -> None:
+        """Wait as long as the slowest `mta_pace_transaction` asks, then check the connection again."""
+        delays = hook.mta_pace_transaction(config=config, connection=self, envelope=envelope)
+        delay = max((d for d in delays if d is not None and math.isfinite(d)), default=0)
+        if delay <= 0:
+            return
+        pause(delay)
+        if not self._may_carry_another(config, hook):
+            self.quit()
+            self._connect(config, hook)
+
+    def _transact(self, config: Configuration, hook: Any, envelope: Envelope, *, pace: bool) -> TransactionResult:
+        """One attempt: connect if needed, wait if a plugin paces, then run the transaction."""
+        relay = session = None
         try:
             if self.transport is None:
                 self._connect(config, hook)
+            if pace:
+                self._pace(config, hook, envelope)
             transport = self.transport
+            relay, session = self._relay, self.session_count + 1
             ours = self._exact
             if ours:
                 result = transport.transact(envelope, pipelining=self.setting("pipelining"))
@@ -326,10 +405,15 @@ class Connection:
                 result = _foreign_transaction(transport, envelope)
         except (UnsendableMessageError, EnvelopeError) as error:
             # Refused before MAIL FROM: the connection is as good as before.
-            return TransactionResult.failed(envelope.sender, envelope.recipients, error)
+            result = TransactionResult.failed(envelope.sender, envelope.recipients, error)
+            result.relay, result.session = relay, session
+            return result
         except Exception as error:
             self.close()
-            return TransactionResult.failed(envelope.sender, envelope.recipients, error)
+            result = TransactionResult.failed(envelope.sender, envelope.recipients, error)
+            result.relay, result.session = relay, session
+            return result
+        result.relay, result.session = relay, session
         if getattr(transport, "sock", True) is None:
             # Our engine closed it: its state could not be vouched for.
             self.close()
@@ -374,8 +458,12 @@ class Connection:
         return transport
 
     def _connect(self, config: Configuration, hook: Any) -> None:
+        terms = self._opening_terms(config)
         transport = self.open_transport()
         self.transport = transport
+        self._opened_with = terms
+        relay = getattr(transport, "relay", None)
+        self._relay = tuple(relay) if relay else (self.setting("smtp_host"), self.setting("smtp_port"))
         self._exact = IMessageTransactions.providedBy(transport)
         self.session_count = 0
         self.connection_count += 1
@@ -410,6 +498,7 @@ class Connection:
         transport, self.transport = self.transport, None
         self.session_count = 0
         self.connected_at = None
+        self._relay = self._opened_with = None
         if transport is not None:
             try:
                 transport.close()

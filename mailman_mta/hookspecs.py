@@ -12,10 +12,13 @@ The order of a single send through `Connection.sendmail`:
 2. `mta_session_allowed`, if a connection is already open;
 3. `mta_create_transport` and `mta_authenticate`, if a new connection is
    needed;
-4. the SMTP transaction itself, on the transport;
-5. `mta_delivery_result`, whatever the outcome.
+4. `mta_pace_transaction`, and the wait it asks for;
+5. the SMTP transaction itself, on the transport;
+6. `mta_delivery_result`, whatever the outcome.
 
-`mta_check_config` runs when a layer is pushed.
+`mta_declare_config` runs when a configuration first needs its schema
+(for every known plugin, enabled or not), and `mta_check_config` when a
+layer is pushed.
 
 With ``[mta] max_connections`` above 1, the hooks of different
 transactions may run at the same time on different threads; those of one
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from .config import Configuration
     from .envelope import Envelope
     from .interfaces import IConnection, ITransport
+    from .schema import PluginSchema
     from .transaction import TransactionResult
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -55,9 +59,18 @@ def mta_create_transport(config: Configuration, connection: IConnection) -> ITra
     The first non-None result wins.
 
     This is where a plugin chooses the relay (``connection.host`` and
-    ``connection.port`` are the configured defaults), fails over to another,
-    or supplies a different client (pipelining, a connection pool).  The
-    built-in ``smtp`` plugin runs last and uses `smtplib`.
+    ``connection.port`` are the configured ones while no connection is
+    open), fails over to another (the ``relays`` plugin), or supplies a
+    different client.  `mailman_mta.transport.connect` opens an
+    `SMTPTransport` to any host and port with the connection's TLS,
+    timeouts and transcript, as the built-in ``smtp`` plugin (run last)
+    does for the configured relay.  The transport's ``relay`` attribute,
+    (host, port), is what ``connection.host``/``port`` and every result
+    then name.
+
+    A connection remembers which plugins implemented this hook and
+    `mta_authenticate` when it opened; if a layer changes that set, it is
+    replaced before its next send.
     """
 
 
@@ -90,6 +103,24 @@ def mta_session_allowed(config: Configuration, connection: IConnection) -> bool 
 
     The built-in ``sessions`` plugin returns False once
     ``connection.session_count`` reaches ``sessions_per_connection``.
+    """
+
+
+@hookspec
+def mta_pace_transaction(config: Configuration, connection: IConnection, envelope: Envelope) -> float | None:
+    """How many seconds to wait before this transaction starts, or None.
+
+    Called once per transaction, after the connection for it is open and
+    allowed (so never for a connection about to be replaced, and for the
+    first send on a new one too), just before MAIL FROM:
+    ``connection.host`` and ``connection.port`` name the relay that will
+    carry it.  `Connection` waits the longest time any plugin asks for;
+    a plugin never sleeps itself, so it can be tested with a clock of its
+    own.  After a wait the open connection is asked again, through
+    `mta_session_allowed`, whether it may carry the session.  Return a
+    reservation, not a question: a plugin that returns a delay should
+    count the transaction as sent at the end of it.  The built-in
+    ``ratelimit`` plugin paces messages and recipients per relay.
     """
 
 
@@ -169,6 +200,21 @@ def mta_delivery_result(
 
 
 # -- Configuration -------------------------------------------------------
+
+
+@hookspec
+def mta_declare_config(schema: PluginSchema) -> None:
+    """Declare the configuration sections this plugin owns.
+
+    Called for every known plugin, enabled or not, when a configuration
+    first needs its schema and again whenever the set of known plugins
+    changes, so a layer may set a plugin's keys before enabling it.  Call
+    ``schema.add_section(name, body, key=converter, ...)`` for each
+    section and ``schema.needs_plugin_when(section, key, value)`` for a
+    setting that only this plugin carries out (see
+    `mailman_mta.schema.PluginSchema`).  The values are then read, typed,
+    as ``config.settings.NAME.key``.  The return value is ignored.
+    """
 
 
 @hookspec

@@ -20,12 +20,14 @@ class IConnection(Interface):
     """
 
     host = Attribute(
-        "The SMTP server's host name: the one given when the connection was made, "
-        "or else [mta] smtp_host of the active configuration."
+        "The relay's host name: while a connection is open, the one it reached (a "
+        "plugin such as relays may pick another than configured); otherwise the one "
+        "given when the Connection was made, or else [mta] smtp_host."
     )
     port = Attribute(
-        "The SMTP server's TCP port: the one given, or else [mta] smtp_port."
+        "The relay's TCP port: the open connection's, else the one given, else [mta] smtp_port."
     )
+    number = Attribute("This Connection's serial number in the process, for logs.")
     sessions_per_connection = Attribute(
         "How many sessions one connection carries before it is replaced; 0 means "
         "no limit.  The one given, or else [mta] max_sessions_per_connection."
@@ -61,6 +63,13 @@ class IConnection(Interface):
 
     def tls_context():
         """The client ssl.SSLContext for TLS on this connection."""
+
+    def plugin_state(owner):
+        """A dict where a plugin keeps its state for this connection.
+
+        *owner* is a hashable key of the plugin's own (its name).  The same
+        dict is returned for the lifetime of the connection object.
+        """
 
     def send(envelope):
         """Send a `mailman_mta.envelope.Envelope`; otherwise like `sendmail`."""
@@ -113,7 +122,9 @@ class ITransport(Interface):
     smtplib-style answer is coarser.  Such a transport may also have a
     boolean ``message_data_sent``, true once the current transaction has
     started sending message data; without it, a lost connection is never
-    retried, since the message might have been sent.
+    retried, since the message might have been sent.  It may have a
+    ``relay`` attribute, the (host, port) it reached, which the connection
+    and its results then name; without it, the configured ones are named.
     """
 
     def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):

@@ -25,11 +25,13 @@ import pluggy
 
 from . import PROJECT_NAME, hookspecs
 from .errors import ConfigurationError
+from .plugins import BUILTIN_PLUGINS as _BUILTINS
 
-#: The built-in plugins, in registration order.  pluggy calls the
-#: last-registered implementation first, so third-party plugins (registered
-#: after these) run before the built-ins unless they ask otherwise.
-BUILTIN_PLUGINS: tuple[str, ...] = ("smtp", "sessions", "liveness", "auth", "devmode", "verp")
+#: The built-in plugins, in registration order (see `mailman_mta.plugins`).
+#: pluggy calls the last-registered implementation first, so third-party
+#: plugins (registered after these) run before the built-ins unless they
+#: ask otherwise.
+BUILTIN_PLUGINS: tuple[str, ...] = tuple(_BUILTINS)
 
 #: The entry-point group third-party distributions declare plugins in.
 ENTRY_POINT_GROUP = "mailman_mta.plugins"
@@ -146,7 +148,8 @@ class PluginRegistry:
             if entry_point is not None:
                 return entry_point.load()
         except (ImportError, AttributeError, ValueError) as error:
-            source = f"class {class_path!r}" if class_path else "its entry point"
+            source = (f"class {class_path!r}" if class_path
+                      else "the built-in module" if name in BUILTIN_PLUGINS else "its entry point")
             raise ConfigurationError(
                 f"[{section}] cannot load plugin {name!r} from {source}: {error}",
                 section=section, key="class",

@@ -121,6 +121,13 @@ class TransactionResult:
     #: transaction ended part-way through a pipelined group's replies, or
     #: with a reply that made no sense): then no refusal in it is a verdict.
     in_step: bool = True
+    #: (host, port) of the relay that carried it, once `Connection` knows.
+    relay: tuple[str, int] | None = None
+    #: Seconds from the start of `Connection.transact` to its result.
+    duration: float | None = None
+    #: The transaction's number on its connection (1 for the first), once
+    #: `Connection` knows.
+    session: int | None = None
 
     def __post_init__(self) -> None:
         if not self.rcpt_replies:

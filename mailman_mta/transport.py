@@ -37,7 +37,7 @@ from zope.interface import classImplements, implementer
 from . import esmtp
 from .envelope import Envelope
 from .errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError, TLSError
-from .interfaces import IMessageTransactions, ITransport
+from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply, ReplyReader
 from .transaction import Transaction, TransactionResult
 
@@ -55,6 +55,35 @@ _COALESCE_OCTETS = 64 * 1024
 
 #: AUTH challenges answered before the exchange is abandoned.
 _MAX_CHALLENGES = 5
+
+
+def connect(connection: IConnection, host: str | None = None, port: int | None = None) -> SMTPTransport:
+    """Open an `SMTPTransport` to *host*:*port* on *connection*'s terms, greeted and secured.
+
+    The host and port default to the connection's configured ones; the
+    timeouts, ``secure_mode`` (TLS from the first byte, or STARTTLS before
+    anything else is said, never falling back to plaintext), the TLS
+    context (certificates checked against *host*) and the transcript are
+    the connection's.  This is what the built-in ``smtp`` plugin returns
+    from `mta_create_transport`, and what a plugin that picks the relay
+    itself (``relays``) calls for each one it tries.  Raises
+    `MTAConnectionError` (`TLSError` for TLS), or
+    `smtplib.SMTPConnectError` for a greeting other than 220.
+    """
+    host = connection.setting("smtp_host") if host is None else host
+    port = connection.setting("smtp_port") if port is None else port
+    mode = connection.setting("secure_mode")
+    context = connection.tls_context() if mode != "smtp" else None
+    transport = SMTPTransport(
+        connect_timeout=connection.setting("connect_timeout"),
+        command_timeout=connection.setting("command_timeout"),
+        implicit_tls=context if mode == "smtps" else None,
+    )
+    transport.set_debuglevel(1 if connection.debug else 0)
+    transport.connect(host, port)
+    if mode == "starttls":
+        transport.starttls_or_refuse(context)
+    return transport
 
 
 def readable_now(sock: socket.socket) -> bool:
@@ -110,6 +139,11 @@ class SMTPTransport(smtplib.SMTP):
     @property
     def where(self) -> str:
         return f"{self._host}:{self._port}"
+
+    @property
+    def relay(self) -> tuple[str, int]:
+        """(host, port) this transport connected to."""
+        return self._host, self._port
 
     # -- connecting ------------------------------------------------------
 
@@ -375,19 +409,20 @@ class SMTPTransport(smtplib.SMTP):
             self._auth_secrets.clear()
             self.__dict__.pop("password", None)
 
-    def auth(self, mechanism, authobject, *, initial_response_ok=True):
+    def auth(self, mechanism, authobject, *, initial_response_ok=True, secrets: Iterable[str] = ()):
         """One SASL exchange (RFC 4954), in UTF-8, with what is sent kept secret.
 
         Everything sent is masked in the transcript, and any reply that
-        echoes it (or the password) has it replaced by ``***``, so the
-        credentials reach neither logs nor exceptions.
+        echoes it (or the password, or any of *secrets*, such as a token)
+        has it replaced by ``***``, so the credentials reach neither logs
+        nor exceptions.
         """
         self._authenticating = True
         reader = self._reply_reader()
         reader.mask = self._mask_secrets
         password = getattr(self, "password", None)
-        if isinstance(password, str):
-            self._auth_secrets.add(password.encode("utf-8", "surrogatepass"))
+        for secret in (password, *secrets) if isinstance(password, str) else secrets:
+            self._auth_secrets.add(secret.encode("utf-8", "surrogatepass"))
         try:
             mechanism = mechanism.upper()
             initial = self._respond(authobject, None) if initial_response_ok else None

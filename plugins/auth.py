@@ -30,7 +30,8 @@ def mta_authenticate(connection, transport):
 @hookimpl
 def mta_check_config(config):
     mta = config.settings.mta
-    if mta.smtp_user and not mta.smtp_pass:
+    others = [impl for impl in config.hook.mta_authenticate.get_hookimpls() if impl.function is not mta_authenticate]
+    if mta.smtp_user and not mta.smtp_pass and not others:
         raise ConfigurationError(
             "[mta] smtp_user is set but [mta] smtp_pass is empty",
             section="mta", key="smtp_pass",

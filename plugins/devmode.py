@@ -5,10 +5,32 @@ When ``[devmode] enabled`` is yes, every envelope recipient is replaced by
 deliveries is unchanged).  Headers are untouched: the message still says
 who it was meant for.  It runs last (``trylast``) so nothing rewritten by
 another plugin escapes it.
+
+``[devmode] enabled`` is the feature's one switch (as in Mailman); the
+plugin itself is on by default, and a layer that turns it off while
+``[devmode] enabled`` is yes is refused, since mail would then reach the
+real recipients.
 """
 
 from mailman_mta import hookimpl
 from mailman_mta.errors import ConfigurationError
+from mailman_mta.values import as_flag, as_optional_address
+
+
+@hookimpl
+def mta_declare_config(schema):
+    schema.add_section("devmode", """
+        # Development mode: when enabled, every envelope recipient of every
+        # message is replaced by `recipient` below, so that a test
+        # installation can never deliver to real people.  The message headers
+        # are left as they are.
+        enabled: no
+
+        # Where all mail goes in development mode.  Required when `enabled`
+        # is yes.
+        recipient:
+        """, enabled=as_flag, recipient=as_optional_address)
+    schema.needs_plugin_when("devmode", "enabled", True)
 
 
 @hookimpl(trylast=True)

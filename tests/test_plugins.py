@@ -8,10 +8,11 @@ import pytest
 
 from mailman_mta import hookimpl
 from mailman_mta.connection import Connection
+from mailman_mta.delivery import Delivery
 from mailman_mta.errors import ConfigurationError
 from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer
-from mailman_mta.transport import SMTPTransport
+from mailman_mta.transport import SMTPTransport, connect
 
 MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
 
@@ -148,14 +149,46 @@ def test_one_object_cannot_be_enabled_under_two_names(mta_config, site):
 
 
 def test_a_built_in_plugin_can_be_switched_off(mta_config, mta_smtpd, mta_layers):
-    mta_layers.push("devmode", "[devmode]\nenabled: yes\nrecipient: dev@example.com\n")
-    mta_layers.push("no-devmode-plugin", "[plugin.devmode]\nenabled: no\n")
+    mta_layers.push("one-session", "[mta]\nmax_sessions_per_connection: 1\n")
+    mta_layers.push("no-sessions-plugin", "[plugin.sessions]\nenabled: no\n")
     connection = Connection()
     send(connection)
-    mta_layers.pop("no-devmode-plugin")
+    send(connection)
+    assert mta_smtpd.get_connection_count() == 1
+    mta_layers.pop("no-sessions-plugin")
     send(connection)
     connection.quit()
-    assert [m.rcpt_tos for m in mta_smtpd.received] == [("bart@example.com",), ("dev@example.com",)]
+    assert mta_smtpd.get_connection_count() == 2
+
+
+def test_devmode_on_with_its_plugin_off_is_refused_at_push(mta_config, mta_layers):
+    mta_layers.push("devmode", "[devmode]\nenabled: yes\nrecipient: dev@example.com\n")
+    with pytest.raises(ConfigurationError, match=r"\[devmode\] enabled is yes.*\[plugin.devmode\] is not enabled"):
+        mta_layers.push("no-devmode-plugin", "[plugin.devmode]\nenabled: no\n")
+    assert mta_config.settings.plugins["devmode"].enabled is True
+
+
+def test_a_pop_that_leaves_devmode_without_its_plugin_stops_sending(mta_config, mta_smtpd, mta_layers, tmp_path):
+    """Every stack a pop leaves was checked at push, except half of a file that extends another."""
+    (tmp_path / "base.cfg").write_text("[devmode]\nenabled: yes\nrecipient: dev@example.com\n"
+                                       "[plugin.devmode]\nenabled: no\n")
+    (tmp_path / "site.cfg").write_text("[meta]\nextends: base.cfg\n[plugin.devmode]\nenabled: yes\n")
+    mta_config.push_file(tmp_path / "site.cfg")
+    mta_layers._pushed.append("base.cfg")
+    mta_config.pop("site.cfg")
+    assert "[plugin.devmode] is not enabled" in mta_config.problem
+    connection = Connection()
+    with pytest.raises(ConfigurationError, match="nothing is sent while the configuration is inconsistent"):
+        send(connection)
+    with Delivery() as delivery:
+        result = delivery.deliver("anne@example.com", ["bart@example.com"], "Subject: x\n\n")
+    assert result.temporary and not result.permanent
+    assert mta_smtpd.received == [] and mta_smtpd.get_connection_count() == 0
+
+
+def test_verp_delivery_with_its_plugin_off_is_refused_at_push(mta_config, mta_layers):
+    with pytest.raises(ConfigurationError, match=r"\[mta\] delivery is verp.*'verp' plugin"):
+        mta_layers.push("verp-off", "[mta]\ndelivery: verp\n[plugin.verp]\nenabled: no\n")
 
 
 def test_devmode_rewrites_after_every_other_plugin(mta_config, mta_smtpd, added, mta_layers):
@@ -283,3 +316,84 @@ def test_removing_an_added_plugin_takes_effect(mta_config, added):
     finally:
         registry.add("gone", object())
         mta_config.pop("gone")
+
+
+def test_the_list_of_built_ins_is_the_package_and_the_registry():
+    """plugins/__init__.py's list cannot drift from what is there (verp once went missing)."""
+    import pkgutil
+
+    import mailman_mta.plugins as package
+    from mailman_mta.manager import BUILTIN_PLUGINS
+    from mailman_mta.plugins import BUILTIN_PLUGINS as described
+
+    modules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    assert set(described) == modules
+    assert BUILTIN_PLUGINS == tuple(described)
+    assert registry.names()[:len(described)] == list(described)
+    for name in described:
+        assert registry.load(name) is not None
+
+
+def test_popping_a_transport_plugin_replaces_the_open_connection(mta_config, mta_smtpd, added, mta_layers):
+    other = CountingSMTPServer().start()
+    try:
+        class Elsewhere:
+            @hookimpl
+            def mta_create_transport(self, connection):
+                return connect(connection, other.hostname, other.port)
+
+        added("elsewhere", Elsewhere())
+        mta_layers.push("elsewhere", "[plugin.elsewhere]\nenabled: yes\n")
+        connection = Connection()
+        send(connection)
+        assert (connection.host, connection.port) == (other.hostname, other.port)
+        mta_layers.pop("elsewhere")
+        send(connection)
+        assert (connection.host, connection.port) == (mta_smtpd.hostname, mta_smtpd.port)
+        connection.quit()
+        assert (len(other.received), len(mta_smtpd.received)) == (1, 1)
+        assert "QUIT" in other.commands
+    finally:
+        other.stop()
+
+
+def test_a_layer_that_moves_the_relay_replaces_the_open_connection(mta_config, mta_smtpd, mta_layers):
+    with CountingSMTPServer() as other:
+        connection = Connection()
+        send(connection)
+        mta_layers.push("moved", f"[mta]\nsmtp_port: {other.port}\n")
+        send(connection)
+        mta_layers.pop("moved")
+        send(connection)
+        connection.quit()
+        assert (len(mta_smtpd.received), len(other.received)) == (2, 1)
+        assert mta_smtpd.get_connection_count() == 2
+
+
+def test_a_layer_that_changes_nothing_about_the_connection_keeps_it(mta_config, mta_smtpd, mta_layers):
+    connection = Connection()
+    send(connection)
+    mta_layers.push("unrelated", "[mta]\nmax_recipients: 10\n")
+    send(connection)
+    connection.quit()
+    assert mta_smtpd.get_connection_count() == 1
+
+
+def test_plugin_state_is_per_connection(mta_config, mta_smtpd, added, mta_layers):
+    class Numbering:
+        @hookimpl
+        def mta_prepare_message(self, connection, envelope):
+            state = connection.plugin_state("numbering")
+            state["n"] = state.get("n", 0) + 1
+            envelope.message = f"X-N: {state['n']}\r\n".encode() + envelope.message
+
+    added("numbering", Numbering())
+    mta_layers.push("numbering", "[plugin.numbering]\nenabled: yes\n")
+    one, two = Connection(), Connection()
+    for connection in (one, two, one):
+        send(connection)
+    one.quit()
+    two.quit()
+    assert [m["X-N"] for m in mta_smtpd.messages] == ["1", "1", "2"]
+    assert one.plugin_state("numbering") is one.plugin_state("numbering") is not two.plugin_state("numbering")
+    assert one.number != two.number

@@ -14,7 +14,10 @@ headers (aiosmtpd's convention) and as raw bytes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
+import json
 import logging
 import re
 import socket
@@ -28,7 +31,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import MessageBase
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
 
 #: The credentials the server accepts unless told otherwise (as in the
 #: Mailman connection doctests).
@@ -141,7 +144,7 @@ class _Handler(MessageBase):
     async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
         session.host_name = hostname
         hidden = set(self.server.hidden_extensions)
-        if self.server.credentials is None:
+        if self.server.credentials is None and self.server.oauth_tokens is None:
             # aiosmtpd would still offer an empty "AUTH" line.
             hidden.add("AUTH")
         # aiosmtpd reads commands one line at a time, so it handles
@@ -228,6 +231,35 @@ class _CountingSMTP(SMTP):
             self.transport.abort()
         await asyncio.sleep(1)
 
+    @auth_mechanism("XOAUTH2")
+    async def auth_XOAUTH2(self, _server: SMTP, args: list[str]) -> AuthResult:
+        """XOAUTH2 as the big mailbox providers speak it.
+
+        A good token (``oauth_tokens[user]``) gets 235.  A bad one gets a
+        334 carrying a JSON error, to which the client must answer with an
+        empty line before the 535 comes; what it answered is recorded in
+        `xoauth2_error_answers`.
+        """
+        if len(args) > 1:  # ["XOAUTH2", initial response]
+            try:
+                response = base64.b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, handled=True, message="501 5.5.2 Cannot decode response")
+        else:
+            response = await self.challenge_auth("", log_client_response=False)
+            if response is MISSING:
+                return AuthResult(success=False, handled=True, message="501 5.7.0 Auth aborted")
+        server = self._counting_server
+        fields = dict(part.split("=", 1) for part in response.decode("utf-8", "replace").split("\x01") if "=" in part)
+        user, bearer = fields.get("user", ""), fields.get("auth", "")
+        if server.oauth_tokens and bearer == f"Bearer {server.oauth_tokens.get(user, object())}":
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        error = json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail.example.com/"})
+        answer = await self.challenge_auth(error, log_client_response=False)
+        with server._lock:
+            server.xoauth2_error_answers.append(answer if isinstance(answer, bytes) else None)
+        return AuthResult(success=False, handled=False)
+
     async def smtp_AUTH(self, arg: str) -> None:
         self._counting_server._on_auth(arg)
         self._counting_server._on_command("AUTH")
@@ -307,6 +339,8 @@ class CountingSMTPServer:
         (AUTH PLAIN and LOGIN are offered, without TLS); None offers no AUTH.
         Anything else gets ``535 5.7.8`` and the client raises
         `smtplib.SMTPAuthenticationError`.
+    :param oauth_tokens: user name -> the access token AUTH XOAUTH2
+        accepts; None (the default) does not offer XOAUTH2.
     :param ssl_context: a server-side context for implicit TLS (SMTPS).
     :param hidden_extensions: ESMTP extensions to leave out of the EHLO
         reply (``"8BITMIME"``, ``"SMTPUTF8"``, ``"SIZE"``, ``"STARTTLS"``,
@@ -328,6 +362,7 @@ class CountingSMTPServer:
         port: int = 0,
         credentials: Mapping[str, str] | None = DEFAULT_CREDENTIALS,
         *,
+        oauth_tokens: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         hidden_extensions: Iterable[str] = (),
         on_message: Callable[[ReceivedMessage], None] | None = None,
@@ -337,6 +372,9 @@ class CountingSMTPServer:
         self.hostname = hostname
         self._requested_port = port
         self.credentials = dict(credentials) if credentials is not None else None
+        self.oauth_tokens = dict(oauth_tokens) if oauth_tokens is not None else None
+        #: What clients answered to XOAUTH2's error challenge (b"" is right).
+        self.xoauth2_error_answers: list[bytes | None] = []
         self._ssl_context = ssl_context
         self._ready_timeout = ready_timeout
         self._smtp_options = smtp_options
@@ -369,8 +407,11 @@ class CountingSMTPServer:
             raise RuntimeError("CountingSMTPServer is already running")
         options = dict(self._smtp_options)
         options.setdefault("auth_require_tls", False)
+        excluded = list(options.pop("auth_exclude_mechanism", ()))
+        if self.oauth_tokens is None:
+            excluded.append("XOAUTH2")
         if self.credentials is None:
-            options["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
+            excluded += ["LOGIN", "PLAIN"]
         else:
             options["authenticator"] = self._authenticate
         controller = _Controller(
@@ -379,6 +420,7 @@ class CountingSMTPServer:
             port=self._requested_port,
             ssl_context=self._ssl_context,
             ready_timeout=self._ready_timeout,
+            auth_exclude_mechanism=excluded,
             **options,
         )
         controller.start()
