@@ -11,6 +11,13 @@ caller asked for.
 
 UTF-8 (RFC 6531) is accepted in local parts and domain labels; whether the
 server can take it (SMTPUTF8) is decided later, in `mailman_mta.esmtp`.
+
+One exception to ``local-part@domain``: a bare dot-atom local part
+(``postmaster``, ``person_00``) is passed as it is, as smtplib passes it.
+RFC 5321 allows only ``Postmaster`` unqualified, but relays qualify such
+names with their own domain (Postfix's ``$myorigin``) or refuse them with
+a reply, which is then the recipient's honest verdict; GNU Mailman's own
+tests send to them.  It cannot carry anything but a name.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ MAX_ADDRESS_OCTETS = 254
 
 # Non-ASCII characters allowed by RFC 6531 (UTF8-non-ascii): any character
 # beyond ASCII except surrogates, which are not Unicode scalar values and
-# have no UTF-8 form.
-_U = "\u0080-\ud7ff\ue000-\U0010ffff"
+# have no UTF-8 form, and except the C1 controls and the line and paragraph
+# separators, which some software takes for the end of a line (NEL, U+2028).
+_U = "\u00a0-\u2027\u202a-\ud7ff\ue000-\U0010ffff"
 
 # RFC 5321 4.1.2 atext, extended by RFC 6531.
 _ATEXT = rf"A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}"
@@ -36,6 +44,7 @@ _LABEL = rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9\-{_U}]{{0,61}}[A-Za-z0-9{_U}])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 
+_BARE_LOCAL_PART = re.compile(_DOT_STRING)
 _MAILBOX = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED_STRING})@(?P<domain>{_DOMAIN}|{_LITERAL})")
 # Most addresses are plain ASCII dot-atoms: one quick match settles them.
 _PLAIN = re.compile(
@@ -55,6 +64,8 @@ def mailbox_problem(address: str) -> str | None:
     the same members again and again.
     """
     if _PLAIN.fullmatch(address) is not None:
+        return None
+    if "@" not in address and _BARE_LOCAL_PART.fullmatch(address) is not None:
         return None
     match = _MAILBOX.fullmatch(address)
     if match is None:
@@ -89,8 +100,10 @@ _DOMAIN_PART = re.compile(rf"{_DOMAIN}|{_LITERAL}")
 def _diagnose(address: str) -> str:
     """Name the first thing wrong with an address that did not match."""
     for character in address:
-        if character < " " or character == "\x7f":
+        if character < " " or "\x7f" <= character <= "\x9f":
             return f"it contains {character!r}, a control character"
+        if character in "\u2028\u2029":
+            return f"it contains {character!r}, a line or paragraph separator"
         if "\ud800" <= character <= "\udfff":
             return f"it contains {character!r}, which is not a Unicode character (a lone surrogate)"
     if address.endswith('"') or "@" not in address:

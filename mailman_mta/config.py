@@ -35,7 +35,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,39 @@ class _State:
     #: The plugins that open and authenticate connections: a connection
     #: opened by a different set is replaced before its next send.
     opening_plugins: tuple[object, ...]
+    #: The followed configuration's layers these settings were made from.
+    followed_overlays: object = None
+    #: (section, key) -> the text each followed key took, where no layer
+    #: of ours set it.
+    followed: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class _Following:
+    """Another lazr.config configuration whose values ours take (see `Configuration.follow`)."""
+
+    source: Callable[[], Any]
+    #: (our section, our key) -> (their section, their key, translation).
+    keys: dict[tuple[str, str], tuple[str, str, Callable[[str], str]]]
+    name: str
+
+    def overlays(self) -> object:
+        """The followed configuration's layer stack: a new object after each push or pop."""
+        return getattr(self.source(), "overlays", None)
+
+    def values(self) -> dict[tuple[str, str], str]:
+        """Our (section, key) -> text, for every followed key the other configuration has."""
+        other = self.source()
+        if other is None:
+            return {}
+        values = {}
+        for ours, (section, key, translate) in self.keys.items():
+            try:
+                text = other[section][key]
+            except (KeyError, configparser.NoSectionError):
+                continue
+            values[ours] = translate(text)
+        return values
 
 
 # -- The configuration ---------------------------------------------------
@@ -174,6 +207,7 @@ class Configuration:
         self._schema_generation = -1
         self._declared: Schema | None = None
         self._lazr: Config | None = None
+        self._following: _Following | None = None
 
     # -- the schema, as the known plugins declare it ---------------------
 
@@ -246,8 +280,14 @@ class Configuration:
     def origin(self, section: str, key: str) -> str:
         """The layer the effective value of ``[section] key`` comes from.
 
-        ``"default"`` when no pushed layer changed the schema's value.
+        ``"default"`` when no pushed layer changed the schema's value; the
+        followed configuration's name (see `follow`) when it gave the value.
         """
+        if (section, key) in self._current().followed:
+            return self._following.name
+        return self._lazr_origin(section, key)
+
+    def _lazr_origin(self, section: str, key: str) -> str:
         found = "default"
         previous: object = None
         overlays = self._config.overlays
@@ -384,11 +424,63 @@ class Configuration:
         if pinned is not None:
             return pinned
         state = self._state
-        if state is None or state.registry_generation != self.registry.generation:
+        following = self._following
+        if (state is None or state.registry_generation != self.registry.generation
+                or (following is not None and following.overlays() is not state.followed_overlays)):
             with self._lock:
                 state = self._compute_state()
+                if following is not None:
+                    state = self._checked_by_plugins(state)
                 self._state = state
         return state
+
+    def _checked_by_plugins(self, state: _State) -> _State:
+        """*state*, with what the plugins' `mta_check_config` refuses as its problem.
+
+        For changes made where no push could refuse them: in a followed
+        configuration.  Nothing is sent while there is a problem.
+        """
+        if state.problem is not None:
+            return state
+        try:
+            with self._pinned_to(state):
+                state.manager.hook.mta_check_config(config=self)
+        except ConfigurationError as error:
+            log.error("the configuration, following %s, is refused: %s", self._following.name, error)
+            return replace(state, problem=f"following {self._following.name}: {error}")
+        return state
+
+    def follow(
+        self,
+        source: Callable[[], Any],
+        keys: Mapping[str, str | tuple[str, Callable[[str], str]]],
+        *,
+        name: str,
+    ) -> None:
+        """Take *keys* from another lazr.config configuration, live, below our own layers.
+
+        For an application with a configuration of its own (GNU Mailman):
+        *source* returns its `lazr.config.Config` (or None while it has
+        none), and *keys* maps ``"our_section.our_key"`` to
+        ``"their_section.their_key"``, or to that and a function turning
+        their text into ours.  A followed value is used where none of our
+        layers sets the key, and `origin` names *name* for it; a push or
+        pop over there takes effect at our next use, checked as a push
+        would be: a value we refuse stops all sending until it is mended
+        (`problem` says why).  *source* is asked at every use, so it must
+        be cheap; it is compared by the identity of its layer stack.
+        """
+        table = {}
+        for ours, theirs in keys.items():
+            translate: Callable[[str], str] = as_is
+            if isinstance(theirs, tuple):
+                theirs, translate = theirs
+            our_section, _, our_key = ours.partition(".")
+            their_section, _, their_key = theirs.partition(".")
+            table[(our_section, our_key)] = (their_section, their_key, translate)
+        with self._lock:
+            self._following = _Following(source, table, name)
+            self._state = None
 
     @property
     def problem(self) -> str | None:
@@ -410,7 +502,8 @@ class Configuration:
     def _compute_state(self) -> _State:
         generation = self.registry.generation
         self._up_to_date()
-        settings = self._convert()
+        followed_overlays, followed = self._followed_values()
+        settings = self._convert(followed)
         active = {
             name: self.registry.load(name, settings.plugins[name]["class"])
             for name in registration_order(settings.plugins)
@@ -424,9 +517,9 @@ class Configuration:
             for hook in (manager.hook.mta_create_transport, manager.hook.mta_authenticate)
             for implementation in hook.get_hookimpls()
         )
-        return _State(settings, manager, active, generation, problem, opening)
+        return _State(settings, manager, active, generation, problem, opening, followed_overlays, followed)
 
-    def _convert(self) -> Settings:
+    def _convert(self, followed: dict[tuple[str, str], str]) -> Settings:
         sections: dict[str, SectionSettings] = {}
         schema = self._declared
         for section in self._config:
@@ -435,15 +528,26 @@ class Configuration:
             values = {}
             for key in section.schema:
                 convert = schema.converter(section.name, key)
+                text = followed.get((section.name, key))
                 try:
-                    values[key] = convert(section[key])
+                    values[key] = convert(section[key] if text is None else text)
                 except ValueError as error:
+                    where = "" if text is None else f" (following {self._following.name})"
                     raise ConfigurationError(
-                        f"[{section.name}] {key}: {error}",
+                        f"[{section.name}] {key}{where}: {error}",
                         section=section.name, key=key,
                     ) from None
             sections[section.name] = SectionSettings(section.name, values)
         return Settings(sections)
+
+    def _followed_values(self) -> tuple[object, dict[tuple[str, str], str]]:
+        """The followed configuration's layers, and its values for keys none of our layers set."""
+        following = self._following
+        if following is None:
+            return None, {}
+        overlays = following.overlays()
+        values = following.values()
+        return overlays, {ours: text for ours, text in values.items() if self._lazr_origin(*ours) == "default"}
 
     def _check_layer_text(self, name: str, text: str) -> None:
         """Refuse unparseable text and unknown sections or keys, by name."""
@@ -482,6 +586,10 @@ class Configuration:
         if rest and master in schema:
             return schema[master]
         return None
+
+
+def as_is(text: str) -> str:
+    return text
 
 
 def _unmet(requirement: Requirement, settings: Settings) -> str | None:

@@ -16,6 +16,9 @@ read at each send.
 
 from __future__ import annotations
 
+import email.message
+import email.utils
+import enum
 import itertools
 import logging
 import math
@@ -133,19 +136,27 @@ class Connection:
     :param smtp_user: the SMTP AUTH user; None means ``[mta] smtp_user``.
     :param smtp_pass: the SMTP AUTH password (str or `Secret`); None means
         ``[mta] smtp_pass``.  Never shown in repr, logs or errors.
+    :param secure_mode: ``smtp``, ``smtps`` or ``starttls`` (or an enum
+        whose values are those, such as GNU Mailman's ``SecureMode``); None
+        means ``[mta] secure_mode``.
+    :param verify_cert: check the server's certificate; None means
+        ``[mta] verify_cert``.
+    :param verify_hostname: check that it names the host; None means
+        ``[mta] verify_hostname``.
     :param config: the `Configuration` to follow; the module-level default
         when None.
     :param debug: log the SMTP conversation (see `IConnection.debug`).
     :param ssl_context: a client `ssl.SSLContext` to use instead of one
         built from the TLS settings.
-    :param settings: any other ``[mta]`` key (``secure_mode``,
-        ``verify_cert``, ``command_timeout``, ...), overriding the
-        configuration for this connection.
+    :param settings: any other ``[mta]`` key (``command_timeout``,
+        ``pipelining``, ``delivery``, ...), overriding the configuration for
+        this connection.
 
-    Arguments that are given win over the configuration, and are checked
-    the same way; those left out follow it live, so a layer pushed later
-    takes effect on the next connection.  A `Connection` is not
-    thread-safe: use one per thread.
+    The first eight arguments are GNU Mailman's, in Mailman's order, so
+    the class can stand in for Mailman's own.  Arguments that are given win
+    over the configuration, and are checked the same way; those left out
+    follow it live, so a layer pushed later takes effect on the next
+    connection.  A `Connection` is not thread-safe: use one per thread.
     """
 
     def __init__(
@@ -155,6 +166,9 @@ class Connection:
         sessions_per_connection: int | None = None,
         smtp_user: str | None = None,
         smtp_pass: str | Secret | None = None,
+        secure_mode: str | enum.Enum | None = None,
+        verify_cert: bool | None = None,
+        verify_hostname: bool | None = None,
         *,
         config: Configuration | None = None,
         debug: bool = False,
@@ -162,8 +176,11 @@ class Connection:
         **settings: Any,
     ) -> None:
         self.config = config if config is not None else default_config
+        if isinstance(secure_mode, enum.Enum):
+            secure_mode = secure_mode.value
         given = dict(settings, host=host, port=port, sessions_per_connection=sessions_per_connection,
-                     smtp_user=smtp_user, smtp_pass=smtp_pass)
+                     smtp_user=smtp_user, smtp_pass=smtp_pass, secure_mode=secure_mode,
+                     verify_cert=verify_cert, verify_hostname=verify_hostname)
         self._explicit = {
             _ARGUMENT_KEYS.get(name, name): self._check_argument(name, value)
             for name, value in given.items()
@@ -288,8 +305,50 @@ class Connection:
         recipients: str | list[str] | tuple[str, ...],
         msgtext: MessageInput,
     ) -> RefusedRecipients:
-        """Send one message; see `IConnection.sendmail`."""
+        """Send one message; see `IConnection.sendmail`.
+
+        With no recipients at all, raises `smtplib.SMTPRecipientsRefused`
+        with an empty dict, as `smtplib.SMTP.sendmail` ends up doing (code
+        written for smtplib, such as GNU Mailman's bulk delivery, catches
+        that); nothing is sent.
+        """
+        if not isinstance(recipients, str) and not recipients:
+            raise smtplib.SMTPRecipientsRefused({})
         return self.send(Envelope.build(envsender, recipients, msgtext))
+
+    def send_message(
+        self,
+        msg: email.message.Message,
+        from_addr: str | None = None,
+        to_addrs: str | list[str] | tuple[str, ...] | None = None,
+    ) -> RefusedRecipients:
+        """Send an `email.message.Message`, addressed from its headers, as smtplib's ``send_message``.
+
+        The sender is *from_addr*, else the address in Sender:, else in
+        From:; the recipients are *to_addrs*, else every address in To:,
+        Cc: and Bcc:.  When the message has one Resent- block (one
+        Resent-Date:), its Resent- fields are used instead.  Bcc: and
+        Resent-Bcc: are never sent.  Raises `EnvelopeError` naming the
+        header when there is no sender or no recipient to be found, and
+        ValueError for more than one Resent- block, as smtplib does.
+        """
+        resent = msg.get_all("Resent-Date", [])
+        if len(resent) > 1:
+            raise ValueError("the message has more than one Resent- block, so who it is to is ambiguous")
+        prefix = "Resent-" if resent else ""
+        if from_addr is None:
+            field = f"{prefix}Sender" if msg.get(f"{prefix}Sender") is not None else f"{prefix}From"
+            found = [address for _, address in email.utils.getaddresses(msg.get_all(field, [])) if address]
+            if not found:
+                raise EnvelopeError(f"no sender: the message has no address in its {field}: header")
+            from_addr = found[0]
+        if to_addrs is None:
+            fields = [f"{prefix}To", f"{prefix}Cc", f"{prefix}Bcc"]
+            values = [value for name in fields for value in msg.get_all(name, [])]
+            to_addrs = [address for _, address in email.utils.getaddresses(values) if address]
+            if not to_addrs:
+                raise EnvelopeError(f"no recipients: the message has no address in {', '.join(fields)}")
+        return self.sendmail(from_addr, to_addrs, msg)
 
     def send(self, envelope: Envelope) -> RefusedRecipients:
         """Send an `Envelope` built by the caller; otherwise as `sendmail`.
@@ -441,6 +500,20 @@ class Connection:
             except Exception:
                 log.exception("plugin %r raised in mta_delivery_result; the result stands",
                               implementation.plugin_name)
+
+    def connect(self) -> bool:
+        """Open the connection now (connect, TLS, AUTH), rather than at the first send.
+
+        Returns False when one is already open, True when this call opened
+        it.  Raises what opening raises (`MTAConnectionError`, `TLSError`,
+        `smtplib.SMTPAuthenticationError`, ...), for callers that want to
+        know before they have mail to send, as Django's ``open()`` does.
+        """
+        if self.transport is not None:
+            return False
+        with self.config.pinned() as config:
+            self._connect(config, config.hook)
+        return True
 
     def open_transport(self) -> ITransport:
         """Open a new transport through `mta_create_transport`, without adopting it.

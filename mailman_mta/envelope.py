@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import email.message
+import io
 import re
 from dataclasses import dataclass, field
+from email.generator import BytesGenerator
 
 from .addresses import MAX_ADDRESS_OCTETS, mailbox_problem
 from .errors import EnvelopeError
@@ -100,7 +102,11 @@ def message_bytes(message: MessageInput) -> bytes:
             message = copy.copy(message)
             for name in BLIND_HEADERS:
                 del message[name]
-        data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        # BytesGenerator, not as_bytes(): subclasses (GNU Mailman's) override
+        # as_bytes() without its policy argument.
+        buffer = io.BytesIO()
+        BytesGenerator(buffer, mangle_from_=False, policy=message.policy.clone(linesep="\r\n")).flatten(message)
+        data = buffer.getvalue()
     else:
         raise EnvelopeError(
             f"message must be str, bytes or email.message.Message, not {type(message).__name__}"

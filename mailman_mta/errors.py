@@ -60,6 +60,15 @@ class TLSError(MTAConnectionError):
     """TLS was required and could not be set up (not offered, or refused)."""
 
 
+class STARTTLSNotOffered(TLSError, smtplib.SMTPNotSupportedError):
+    """``secure_mode`` is starttls and the server does not offer STARTTLS.
+
+    Both a `TLSError` and what smtplib raises for it
+    (`smtplib.SMTPNotSupportedError`), so code written for smtplib, such as
+    GNU Mailman's, catches it where it expects to.
+    """
+
+
 class SMTPTimeoutError(MTAError, smtplib.SMTPServerDisconnected):
     """The MTA did not answer in time.
 
@@ -96,6 +105,14 @@ class UnsendableMessageError(MTAError, smtplib.SMTPResponseException):
 
     def __str__(self) -> str:
         return f"{self.smtp_code} {self.smtp_error}"
+
+
+class SMTPUTF8NotOffered(UnsendableMessageError, smtplib.SMTPNotSupportedError):
+    """An envelope address is not ASCII and the server lacks SMTPUTF8 (451 4.6.7).
+
+    Also the `smtplib.SMTPNotSupportedError` smtplib raises in that case,
+    so code written for smtplib catches it; either way it is temporary.
+    """
 
 
 class DeliveryInterrupted(KeyboardInterrupt):

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 
 from .envelope import Envelope
-from .errors import EnvelopeError, UnsendableMessageError
+from .errors import EnvelopeError, SMTPUTF8NotOffered, UnsendableMessageError
 from .interfaces import ITransport
 
 # esmtp-keyword ["=" esmtp-value]; the value is any printable ASCII but "=".
@@ -70,7 +70,7 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
     addresses_ascii = envelope.sender.isascii() and "".join(envelope.recipients).isascii()
     if not addresses_ascii:
         if not transport.has_extn("smtputf8"):
-            raise UnsendableMessageError(
+            raise SMTPUTF8NotOffered(
                 451, f"4.6.7 an envelope address is not ASCII and {where} does not offer SMTPUTF8"
             )
         if "SMTPUTF8" not in declared:

@@ -83,6 +83,9 @@ class IConnection(Interface):
         the envelope raise, before anything is sent.
         """
 
+    def connect():
+        """Open the connection now rather than at the first send; False if one is open already."""
+
     def open_transport():
         """Open a new `ITransport` through the hooks without adopting it (diagnostics)."""
 
@@ -101,6 +104,13 @@ class IConnection(Interface):
             connection is closed first, so the next call reconnects.
         :raises mailman_mta.errors.EnvelopeError: for an address or message
             that cannot be sent; nothing was sent.
+        """
+
+    def send_message(msg, from_addr=None, to_addrs=None):
+        """Send an email.message.Message addressed from its headers, as smtplib's ``send_message``.
+
+        Sender: Sender: or From: (Resent- ones for a resent message);
+        recipients: To:, Cc: and Bcc:.  Bcc: is never sent.
         """
 
     def quit():

@@ -143,7 +143,7 @@ def failure_of(error: BaseException, stage: str | None = None) -> Failure:
     if isinstance(error, smtplib.SMTPAuthenticationError):
         # RFC 4954: our credentials; the recipients are not to blame.
         return Failure(454, f"4.7.0 authentication with the relay failed: {_text(error)}")
-    if isinstance(error, smtplib.SMTPNotSupportedError):
+    if isinstance(error, smtplib.SMTPNotSupportedError) and not isinstance(error, smtplib.SMTPResponseException):
         return Failure(454, f"4.7.0 {error}")
     if isinstance(error, TLSError):
         # RFC 3207: TLS is between us and the relay.

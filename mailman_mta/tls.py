@@ -32,6 +32,17 @@ def client_context(
     system's.  *verify_hostname* needs *verify_cert*: a certificate that is
     not checked cannot vouch for a name.
     """
+    return new_client_context(verify_cert, verify_hostname, ca_file, ca_path, min_version)
+
+
+def new_client_context(
+    verify_cert: bool = True,
+    verify_hostname: bool = True,
+    ca_file: str = "",
+    ca_path: str = "",
+    min_version: str = "TLSv1.2",
+) -> ssl.SSLContext:
+    """A client context of its own, as `client_context` builds it, to add to (a client certificate)."""
     context = ssl.create_default_context(cafile=ca_file or None, capath=ca_path or None)
     context.minimum_version = TLS_VERSIONS[min_version]
     if not verify_cert:

@@ -36,7 +36,7 @@ from zope.interface import classImplements, implementer
 
 from . import esmtp
 from .envelope import Envelope
-from .errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError, TLSError
+from .errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError, STARTTLSNotOffered, TLSError
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply, ReplyReader
 from .transaction import Transaction, TransactionResult
@@ -202,7 +202,7 @@ class SMTPTransport(smtplib.SMTP):
         self.ehlo_or_helo_if_needed()
         if not self.has_extn("starttls"):
             self.close()
-            raise TLSError(
+            raise STARTTLSNotOffered(
                 f"{self.where} does not offer STARTTLS, and secure_mode is starttls: "
                 "refusing to send in plaintext"
             )

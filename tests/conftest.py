@@ -143,3 +143,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if POSTFIX_TIMINGS:
         parts = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in POSTFIX_TIMINGS.items())
         terminalreporter.write_line(f"Postfix testbed set-up: {parts}")
+    module = next((m for name, m in list(sys.modules.items()) if name.rpartition(".")[2] == "test_mailman"), None)
+    counts = getattr(module, "MAILMAN_COUNTS", None)
+    if counts:
+        terminalreporter.write_line(
+            "GNU Mailman 3.3.10 mta suite on mailman-mta's Connection: "
+            f"{counts.get('mailman_passed', '?')} of {counts.get('mailman_tests', '?')} passed, "
+            f"{counts.get('mailman_excluded', '?')} excluded; our outgoing tests in Mailman's layers: "
+            f"{counts.get('outgoing_passed', '?')} of {counts.get('outgoing_tests', '?')} passed")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email
 import email.message
+import enum
 import logging
 import pickle
 import smtplib
@@ -12,7 +14,8 @@ from zope.interface.verify import verifyClass, verifyObject
 
 from mailman_mta.config import Configuration
 from mailman_mta.connection import Connection
-from mailman_mta.errors import EnvelopeError
+from mailman_mta.envelope import Envelope
+from mailman_mta.errors import EnvelopeError, TLSError
 from mailman_mta.interfaces import IConfiguration, IConnection, ITransport
 from mailman_mta.secret import Secret
 from mailman_mta.testing import CountingSMTPServer
@@ -107,7 +110,6 @@ def test_all_refused_raises_and_keeps_the_connection_it_reset(mta_smtpd):
         ("anne@example.com", ["<bart@example.com>"], "recipient 1"),
         ("anne@example.com", [""], "recipient 1 is empty"),
         ("anne@example.com", ["a" * 250 + "@example.com"], "recipient 1 is 262 octets long"),
-        ("anne@example.com", [], "no recipients"),
     ],
 )
 def test_unsafe_envelopes_are_refused_before_anything_is_sent(mta_smtpd, sender, recipients, complaint):
@@ -115,6 +117,66 @@ def test_unsafe_envelopes_are_refused_before_anything_is_sent(mta_smtpd, sender,
     with pytest.raises(EnvelopeError, match=complaint):
         connection.sendmail(sender, recipients, MESSAGE)
     assert mta_smtpd.get_connection_count() == 0
+
+
+def test_no_recipients_is_refused_as_smtplib_refuses_it(mta_smtpd):
+    """smtplib ends in SMTPRecipientsRefused({}), which code written for it (Mailman's) catches."""
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as raised:
+        connection.sendmail("anne@example.com", [], MESSAGE)
+    assert raised.value.recipients == {}
+    assert mta_smtpd.get_connection_count() == 0
+    with pytest.raises(EnvelopeError, match="no recipients"):
+        Envelope.build("anne@example.com", [], MESSAGE)
+
+
+def test_send_message_takes_the_addresses_from_the_headers_and_never_sends_bcc(mta_smtpd):
+    message = email.message_from_string(
+        "From: Anne <anne@example.com>\nTo: bart@example.com, Cate <cate@example.com>\n"
+        "Cc: dave@example.com\nBcc: secret@example.com\nSubject: hi\n\nHello\n")
+    with Connection(mta_smtpd.hostname, mta_smtpd.port, 0) as connection:
+        assert connection.send_message(message) == {}
+        resent = email.message_from_string(
+            "From: anne@example.com\nTo: bart@example.com\nResent-Date: Mon, 23 Nov 2026 20:00:00 +0000\n"
+            "Resent-Sender: list@example.com\nResent-From: anne@example.com\nResent-To: erin@example.com\n"
+            "Resent-Bcc: hidden@example.com\n\nForwarded\n")
+        connection.send_message(resent)
+        connection.send_message(message, "other@example.com", ["fred@example.com"])
+    first, second, third = mta_smtpd.received
+    assert first.mail_from == "anne@example.com"
+    assert first.rcpt_tos == ("bart@example.com", "cate@example.com", "dave@example.com", "secret@example.com")
+    assert b"secret@example.com" not in first.content and message["Bcc"] == "secret@example.com"
+    assert (second.mail_from, second.rcpt_tos) == ("list@example.com", ("erin@example.com", "hidden@example.com"))
+    assert b"hidden@example.com" not in second.content
+    assert (third.mail_from, third.rcpt_tos) == ("other@example.com", ("fred@example.com",))
+
+
+def test_send_message_without_addresses_names_the_header(mta_smtpd):
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0)
+    with pytest.raises(EnvelopeError, match="no address in its From: header"):
+        connection.send_message(email.message_from_string("To: bart@example.com\n\n"))
+    with pytest.raises(EnvelopeError, match="no address in To, Cc, Bcc"):
+        connection.send_message(email.message_from_string("From: anne@example.com\n\n"))
+    twice = "Resent-Date: Mon, 23 Nov 2026 20:00:00 +0000\n"
+    with pytest.raises(ValueError, match="more than one Resent- block"):
+        connection.send_message(email.message_from_string(f"From: a@example.com\n{twice}{twice}\n"))
+    assert mta_smtpd.get_connection_count() == 0
+
+
+def test_mailmans_positional_arguments_and_secure_mode_enum(mta_smtpd):
+    class SecureMode(enum.Enum):
+        INSECURE = "smtp"
+        STARTTLS = "starttls"
+
+    connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, None, None, SecureMode.STARTTLS, False, False)
+    assert (connection.setting("secure_mode"), connection.setting("verify_cert"),
+            connection.setting("verify_hostname")) == ("starttls", False, False)
+    with pytest.raises(smtplib.SMTPNotSupportedError, match="does not offer STARTTLS") as raised:
+        connection.sendmail("anne@example.com", ["bart@example.com"], MESSAGE)
+    assert isinstance(raised.value, TLSError)
+    insecure = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, None, None, SecureMode.INSECURE, True, True)
+    assert insecure.sendmail("anne@example.com", ["bart@example.com"], MESSAGE) == {}
+    insecure.quit()
 
 
 def test_a_lone_recipient_string_is_one_recipient(mta_smtpd):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import smtplib
+
 import email.message
 import email.policy
 
@@ -78,6 +80,10 @@ def test_a_non_ascii_address_without_smtputf8_is_refused():
         assert (failure.code, failure.temporary) == (451, True), "the relay's lack is not the member's fault"
         assert "SMTPUTF8" in failure.message
         assert server.received == []
+        with Connection(server.hostname, server.port, 0) as connection:
+            with pytest.raises(smtplib.SMTPNotSupportedError) as raised:
+                connection.sendmail("anne@example.com", ["\u00e5sa@example.com"], ASCII)
+        assert raised.value.smtp_code == 451, "code written for smtplib (Mailman's) sees a temporary reply"
 
 
 def test_8bit_headers_without_smtputf8_still_go_with_8bitmime():
