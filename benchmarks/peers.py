@@ -32,7 +32,8 @@ class Peer:
     def __enter__(self) -> int:
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "peers.py"), *self.arguments],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
@@ -116,8 +117,11 @@ async def _proxy(target: int, delay: float) -> None:
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(_pipe(client_reader, server_writer, delay), _pipe(server_reader, client_writer, delay),
-                             return_exceptions=True)
+        await asyncio.gather(
+            _pipe(client_reader, server_writer, delay),
+            _pipe(server_reader, client_writer, delay),
+            return_exceptions=True,
+        )
 
     server = await asyncio.start_server(connected, "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)

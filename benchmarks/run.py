@@ -48,7 +48,8 @@ POST = (
     b"From: Anne Person <anne@example.com>\r\nTo: list@lists.example.org\r\n"
     b"Subject: [list] A post of ordinary length\r\nMessage-ID: <bench@example.com>\r\n"
     b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    + b"A line of an ordinary list post, about seventy characters long, no more.\r\n" * 30
+    + b"A line of an ordinary list post, about seventy characters long, no more.\r\n"
+    * 30
 )
 
 
@@ -230,8 +231,18 @@ class OurPoolPipelined(OurDelivery):
     settings = dict(max_connections=4)
 
 
-CLIENTS: list[type[Client]] = [SmtplibReused, SmtplibFresh, SmtplibThreads, AioSmtplib, RawPipelining,
-                               OurConnection, OurConnectionPipelined, OurDelivery, OurPool, OurPoolPipelined]
+CLIENTS: list[type[Client]] = [
+    SmtplibReused,
+    SmtplibFresh,
+    SmtplibThreads,
+    AioSmtplib,
+    RawPipelining,
+    OurConnection,
+    OurConnectionPipelined,
+    OurDelivery,
+    OurPool,
+    OurPoolPipelined,
+]
 OURS = [OurConnection, OurConnectionPipelined, OurDelivery, OurPool, OurPoolPipelined]
 
 
@@ -259,8 +270,10 @@ class Row:
     def ratios(self, base: Row) -> tuple[float, float]:
         """Median, over rounds, of this row's msg/s and CPU/msg over *base*'s in the same round."""
         pairs = list(zip(self.rounds, base.rounds))
-        return (statistics.median(mine[0] / theirs[0] for mine, theirs in pairs),
-                statistics.median(mine[1] / theirs[1] for mine, theirs in pairs))
+        return (
+            statistics.median(mine[0] / theirs[0] for mine, theirs in pairs),
+            statistics.median(mine[1] / theirs[1] for mine, theirs in pairs),
+        )
 
 
 def measure(client_type: type[Client], host: str, port: int, recipients: list[str], count: int) -> tuple[float, float]:
@@ -306,8 +319,16 @@ def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str
     if AioSmtplib not in clients:
         notes.append("aiosmtplib not measured: pip install -e '.[bench]'")
     # (peer, recipients) -> messages per client per round
-    counts = {("sink", 1): 300, ("sink", 50): 80, ("3 ms", 1): 40, ("3 ms", 50): 8,
-              ("postfix", 1): 300, ("postfix", 50): 120, ("postfix relaying", 1): 300, ("postfix relaying", 50): 120}
+    counts = {
+        ("sink", 1): 300,
+        ("sink", 50): 80,
+        ("3 ms", 1): 40,
+        ("3 ms", 50): 8,
+        ("postfix", 1): 300,
+        ("postfix", 50): 120,
+        ("postfix relaying", 1): 300,
+        ("postfix relaying", 50): 120,
+    }
     rows: list[Row] = []
     with ExitStack() as stack:
         ports: dict[str, int] = {}
@@ -329,7 +350,7 @@ def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str
                 recipients = members(count)
                 results = {c: Row(peer, count, c.name) for c in clients}
                 for number in range(rounds):
-                    turn = clients[number % len(clients):] + clients[: number % len(clients)]
+                    turn = clients[number % len(clients) :] + clients[: number % len(clients)]
                     for client_type in turn:
                         seconds, cpu = measure(client_type, "127.0.0.1", port, recipients, messages)
                         row = results[client_type]
@@ -348,13 +369,16 @@ def run(quick: bool, peers: list[str], rounds: int) -> tuple[list[Row], list[str
 
 
 def baseline_of(rows: list[Row], row: Row) -> Row:
-    return next(r for r in rows if r.peer == row.peer and r.recipients == row.recipients
-                and r.client == SmtplibReused.name)
+    return next(
+        r for r in rows if r.peer == row.peer and r.recipients == row.recipients and r.client == SmtplibReused.name
+    )
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| peer | rcpts | client | msg/s (median) | rcpt/s | client CPU ms/msg | x msg/s | x CPU |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| peer | rcpts | client | msg/s (median) | rcpt/s | client CPU ms/msg | x msg/s | x CPU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         rates = [rate for rate, _ in row.rounds]
         spread = f" ±{statistics.pstdev(rates) / statistics.mean(rates):.0%}" if len(rates) > 1 else ""
@@ -380,12 +404,16 @@ class Goal:
     @property
     def text(self) -> str:
         bound = ">=" if self.what == "msg/s" else "<="
-        return (f"{self.client.name}, {self.recipients} rcpt, {self.peer}: "
-                f"{self.what}{'' if self.what == 'msg/s' else '/msg'} {bound} {self.target}x")
+        return (
+            f"{self.client.name}, {self.recipients} rcpt, {self.peer}: "
+            f"{self.what}{'' if self.what == 'msg/s' else '/msg'} {bound} {self.target}x"
+        )
 
     def measure(self, rows: list[Row]) -> float | None:
-        row = next((r for r in rows if (r.peer, r.recipients, r.client) ==
-                    (self.peer, self.recipients, self.client.name)), None)
+        row = next(
+            (r for r in rows if (r.peer, r.recipients, r.client) == (self.peer, self.recipients, self.client.name)),
+            None,
+        )
         if row is None:
             return None
         faster, cpu = row.ratios(baseline_of(rows, row))
@@ -418,29 +446,37 @@ def goals_report(rows: list[Row], verp: tuple[float, float, int] | None) -> str:
             lines.append(f"| {goal.text} | not measured | |")
         else:
             lines.append(f"| {goal.text} | {value:.2f}x | {'yes' if goal.reached(value) else 'NO'} |")
-    fastest = max((r for r in rows if (r.peer, r.recipients) == ("postfix", 50)),
-                  key=lambda r: r.per_second, default=None)
+    fastest = max(
+        (r for r in rows if (r.peer, r.recipients) == ("postfix", 50)), key=lambda r: r.per_second, default=None
+    )
     if fastest is not None:
-        lines.append(f"| fastest row, postfix, 50 rcpt: {OurPoolPipelined.name} | {fastest.client} | "
-                     f"{'yes' if fastest.client == OurPoolPipelined.name else 'NO'} |")
+        lines.append(
+            f"| fastest row, postfix, 50 rcpt: {OurPoolPipelined.name} | {fastest.client} | "
+            f"{'yes' if fastest.client == OurPoolPipelined.name else 'NO'} |"
+        )
     versus_aiosmtplib = [(ours_over_aiosmtplib(rows, r), r) for r in rows if r.client in {c.name for c in OURS}]
     versus_aiosmtplib = [(value, row) for value, row in versus_aiosmtplib if value is not None]
     if versus_aiosmtplib:
         value, row = min(versus_aiosmtplib, key=lambda pair: pair[0])
-        lines.append(f"| every row of ours >= 1.3x aiosmtplib reused (lowest: {row.client}, {row.peer}, "
-                     f"{row.recipients} rcpt) | {value:.2f}x | {'yes' if value >= 1.3 else 'NO'} |")
+        lines.append(
+            f"| every row of ours >= 1.3x aiosmtplib reused (lowest: {row.client}, {row.peer}, "
+            f"{row.recipients} rcpt) | {value:.2f}x | {'yes' if value >= 1.3 else 'NO'} |"
+        )
     else:
         lines.append("| every row of ours >= 1.3x aiosmtplib reused | not measured | |")
     if verp is not None:
         one, four, count = verp
-        lines.append(f"| VERP, one post to {count} members, 3 ms away: 4 connections >= 3x one "
-                     f"({one:.2f} s, {four:.2f} s) | {one / four:.2f}x | {'yes' if one / four >= 3 else 'NO'} |")
+        lines.append(
+            f"| VERP, one post to {count} members, 3 ms away: 4 connections >= 3x one "
+            f"({one:.2f} s, {four:.2f} s) | {one / four:.2f}x | {'yes' if one / four >= 3 else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
 def ours_over_aiosmtplib(rows: list[Row], row: Row) -> float | None:
-    other = next((r for r in rows if (r.peer, r.recipients, r.client) == (row.peer, row.recipients, AioSmtplib.name)),
-                 None)
+    other = next(
+        (r for r in rows if (r.peer, r.recipients, r.client) == (row.peer, row.recipients, AioSmtplib.name)), None
+    )
     return None if other is None else statistics.median(a[0] / b[0] for a, b in zip(row.rounds, other.rounds))
 
 
@@ -480,8 +516,9 @@ def chart(rows: list[Row], path: Path) -> bool:
             row = next((r for r in rows if (r.peer, r.recipients, r.client) == (peer, recipients, client)), None)
             values.append(row.ratios(baseline_of(rows, row))[0] if row else 0)
         axes.bar([g + index * width for g in range(len(groups))], values, width, label=client)
-    axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))],
-                    [f"{peer}\n{recipients} rcpt" for peer, recipients in groups])
+    axes.set_xticks(
+        [g + 0.4 - width / 2 for g in range(len(groups))], [f"{peer}\n{recipients} rcpt" for peer, recipients in groups]
+    )
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_yscale("log")
     axes.set_ylabel("msg/s, ratio to smtplib reused")
@@ -496,9 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages and one round: a smoke test")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of every client taking its turn (default 5)")
-    parser.add_argument("--peers", default="sink,3 ms,postfix,postfix relaying",
-                        help="which servers, comma-separated: sink, '3 ms', postfix, 'postfix relaying' "
-                             "(default: all)")
+    parser.add_argument(
+        "--peers",
+        default="sink,3 ms,postfix,postfix relaying",
+        help="which servers, comma-separated: sink, '3 ms', postfix, 'postfix relaying' (default: all)",
+    )
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the numbers")
     parser.add_argument("--chart", type=Path, default=HERE / "results.png", help="where to draw the ratios")
     arguments = parser.parse_args(argv)
@@ -513,13 +552,24 @@ def main(argv: list[str] | None = None) -> int:
     print(goals_report(rows, verp))
     for note in notes:
         print(f"\n{note}")
-    print(f"\n{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
-          f"{time.monotonic() - started:.0f} s")
-    arguments.json.write_text(json.dumps({
-        "rows": [asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message} for row in rows],
-        "verp_seconds": {"members": verp[2], "1 connection": verp[0], "4 connections": verp[1]} if verp else None,
-        "notes": notes,
-    }, indent=2))
+    print(
+        f"\n{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    arguments.json.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message} for row in rows
+                ],
+                "verp_seconds": {"members": verp[2], "1 connection": verp[0], "4 connections": verp[1]}
+                if verp
+                else None,
+                "notes": notes,
+            },
+            indent=2,
+        )
+    )
     if chart(rows, arguments.chart):
         print(f"chart: {arguments.chart}")
     return 0

@@ -65,6 +65,10 @@ def mailbox_problem(address: str) -> str | None:
     """
     if _PLAIN.fullmatch(address) is not None:
         return None
+    if not address.isascii():
+        space = next((c for c in address if not c.isascii() and c.isspace()), None)
+        if space is not None:
+            return f"it contains {space!r}, a space that is not ASCII (and looks like none, or like a plain one)"
     if "@" not in address and _BARE_LOCAL_PART.fullmatch(address) is not None:
         return None
     match = _MAILBOX.fullmatch(address)

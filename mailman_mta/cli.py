@@ -1,92 +1,176 @@
 """The ``mailman-mta`` command.
 
 Every command works on a fresh `Configuration`, with the layers given by
-``--config FILE`` (repeatable) and ``-o section.key=value`` pushed on top in
-the order given, so the command line behaves exactly like the layers a
-program or a test would push.
+``-c FILE`` (repeatable) and ``-o section.key=value`` pushed on top in the
+order given, before or after the command's name, so the command line
+behaves exactly like the layers a program or a test would push.
 
 Every error a user can cause (a missing file, an unknown option, a bad
-address, an unreachable MTA) is one line on stderr and a non-zero exit;
-``--debug`` shows the traceback instead.
+address, an unreachable MTA) is one sentence on stderr, and the same
+problem gives the same exit status in every command (sysexits.h):
+
+=====  ================================================================
+0      done: every recipient took every message
+1      a recipient was refused for good (a 5xx from the server)
+2      a mistake on the command line
+65     a message or address that cannot be sent as given
+66     an input that cannot be read (a file, a closed standard input)
+70     a bug in mailman-mta or a plugin (run with --debug)
+74     output that cannot be written (standard output is closed)
+75     try again later: the relay is unreachable, TLS failed, or every
+       refusal was temporary
+77     the relay refused our login
+78     the configuration is wrong
+130    interrupted (Ctrl-C)
+=====  ================================================================
+
+``--debug`` shows the traceback instead of the sentence.  Output is plain
+text: nothing in it is read as rich markup, so ``[mta]`` prints as it is.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import os
 import queue
 import smtplib
-import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import PROJECT_NAME, __version__
 from .config import Configuration
 from .connection import Connection
-from .delivery import Delivery
+from .delivery import NOT_ATTEMPTED, Delivery
 from .envelope import check_address
-from .errors import EnvelopeError, MTAError
+from .errors import ConfigurationError, DeliveryInterrupted, EnvelopeError, MTAError, NoTransportError
 from .manager import registration_order
-from .results import DeliveryResult, reply_text
+from .probe import probe
+from .results import DeliveryResult, Failure, reply_text
 from .secret import Secret
-from .testing import CountingSMTPServer, ReceivedMessage
 
-#: Exit status when some recipients were refused, all of them temporarily
-#: (sysexits.h EX_TEMPFAIL: "try again later").
+EXIT_PERMANENT = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65
+EXIT_NOINPUT = 66
+EXIT_SOFTWARE = 70
+EXIT_IOERR = 74
 EXIT_TEMPFAIL = 75
+EXIT_NOPERM = 77
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
+
+#: Where ``--user``'s password is read from when set (never from the command line).
+PASSWORD_VARIABLE = "MAILMAN_MTA_PASSWORD"
+
+
+class CommandError(click.ClickException):
+    """A one-sentence error with the exit status its problem has in every command."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
+
+
+def exit_status_of(error: BaseException) -> int:
+    """The exit status for *error*, the same in every command."""
+    if isinstance(error, (ConfigurationError, NoTransportError)):
+        return EXIT_CONFIG
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        return EXIT_NOPERM
+    if isinstance(error, EnvelopeError):
+        return EXIT_DATAERR
+    if isinstance(error, (OSError, smtplib.SMTPException, MTAError)):
+        return EXIT_TEMPFAIL
+    return EXIT_SOFTWARE
+
+
+def describe(error: BaseException) -> str:
+    """*error* as a sentence for a person, without Python's class names."""
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        return f"the relay refused the login: {error.smtp_code} {reply_text(error.smtp_error)}"
+    if isinstance(error, smtplib.SMTPResponseException) and not isinstance(error, MTAError):
+        return f"the relay answered {error.smtp_code} {reply_text(error.smtp_error)}"
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return "the relay refused every recipient"
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, MTAError):
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
+    return text or f"an unexpected {type(error).__name__} with no message"
 
 
 class OneLineErrors(click.Group):
-    """A click group whose usage errors are one line, not a usage screen."""
+    """A click group whose errors are one sentence and a status, not a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if sys.stdout is None or sys.stdout.closed:
+            _say_and_exit("standard output is closed, so there is nowhere to write", EXIT_IOERR)
         try:
             status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as error:
             hint = ""
             if isinstance(error, click.UsageError) and error.ctx is not None:
                 hint = f" (see '{error.ctx.command_path} --help')"
-            click.echo(f"Error: {error.format_message().rstrip('.')}{hint}", err=True)
-            sys.exit(error.exit_code)
-        except click.Abort:
-            click.echo("Aborted.", err=True)
-            sys.exit(1)
+            _say_and_exit(f"{error.format_message().rstrip('.')}{hint}", error.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            _say_and_exit("interrupted", EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader went away (| head): say nothing more on stdout.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _say_and_exit("standard output was closed while writing", EXIT_IOERR)
         sys.exit(status if isinstance(status, int) else 0)
 
 
-class Session:
-    """What every command gets: the configuration, and how to report errors."""
+def _say_and_exit(message: str, status: int) -> None:
+    if sys.stderr is not None:
+        print(f"Error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+class Invocation:
+    """What every command gets: the configuration, the consoles, and how to report errors.
+
+    (Called an invocation, not a session, because an SMTP session is
+    something else.)
+    """
 
     def __init__(self, config: Configuration, debug: bool) -> None:
         self.config = config
         self.debug = debug
-        self.console = Console(highlight=False)
-        self.errors = Console(stderr=True, highlight=False)
+        self.console = Console(highlight=False, markup=False, emoji=False)
+        self.errors = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
-        """Turn the errors a user can cause into one line (unless --debug)."""
+        """Turn the errors a user can cause into one sentence and its status (unless --debug)."""
         if self.debug:
             yield
             return
         try:
             yield
+        except BrokenPipeError:
+            raise
         except (MTAError, smtplib.SMTPException, OSError, UnicodeError) as error:
-            raise click.ClickException(_describe(error)) from None
+            raise CommandError(describe(error), exit_status_of(error)) from None
 
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, smtplib.SMTPResponseException) and not isinstance(error, MTAError):
-        return f"{type(error).__name__}: {error.smtp_code} {reply_text(error.smtp_error)}"
-    return f"{type(error).__name__}: {error}"
+    def push_layers(self, config_files: tuple[str, ...], assignments: tuple[str, ...], where: str) -> None:
+        """Push ``-c`` files, then one layer of every ``-o``."""
+        with self.reporting():
+            for path in config_files:
+                self.config.push_file(path)
+            if assignments:
+                self.config.push(f"-o{where}", _options_layer(assignments))
 
 
 def _options_layer(assignments: tuple[str, ...]) -> str:
@@ -109,27 +193,168 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
     return "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
 
 
+def layer_options(function: Callable) -> Callable:
+    """Give a command its own ``-c`` and ``-o``, pushed after those given before its name."""
+
+    @click.option(
+        "-c",
+        "--config",
+        "config_files",
+        multiple=True,
+        metavar="FILE",
+        help="Push this configuration file as a layer (repeatable).",
+    )
+    @click.option(
+        "-o",
+        "--option",
+        "assignments",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Set one key, e.g. -o mta.smtp_port=2525 (repeatable).",
+    )
+    @functools.wraps(function)
+    def with_layers(*args: Any, config_files: tuple[str, ...], assignments: tuple[str, ...], **kwargs: Any):
+        context = click.get_current_context()
+        _invocation().push_layers(config_files, assignments, f" (after {context.info_name})")
+        return function(*args, **kwargs)
+
+    return with_layers
+
+
+def relay_options(function: Callable) -> Callable:
+    """``-s/--server``, ``--tls``/``--starttls`` and ``--user``: reach a relay without a config file."""
+
+    @click.option(
+        "-s", "--server", metavar="HOST[:PORT]", help="The relay, as swaks takes it: host, host:port or [IPv6]:port."
+    )
+    @click.option("--tls", "secure_mode", flag_value="smtps", help="TLS from the first byte (port 465).")
+    @click.option("--starttls", "secure_mode", flag_value="starttls", help="STARTTLS before anything else (587).")
+    @click.option(
+        "--user", metavar="NAME", help=f"Log in as NAME; the password comes from ${PASSWORD_VARIABLE}, or is asked for."
+    )
+    @click.option(
+        "--transcript",
+        is_flag=True,
+        help="Show the SMTP conversation on stderr as it happens (C: client, S: server), passwords masked.",
+    )
+    @functools.wraps(function)
+    def with_relay(
+        *args: Any, server: str | None, secure_mode: str | None, user: str | None, transcript: bool, **kwargs: Any
+    ):
+        invocation = _invocation()
+        lines = []
+        if server:
+            host, port = _host_and_port(server)
+            lines += [f"smtp_host: {host}"] + ([f"smtp_port: {port}"] if port else [])
+        if secure_mode:
+            lines.append(f"secure_mode: {secure_mode}")
+        if user:
+            lines += [f"smtp_user: {user}", f"smtp_pass: {_password(user, kwargs)}"]
+        if lines:
+            with invocation.reporting():
+                invocation.config.push("command line", "[mta]\n" + "\n".join(lines) + "\n")
+        with _transcript(invocation.errors) if transcript else _nothing():
+            return function(*args, transcript=transcript, **kwargs)
+
+    return with_relay
+
+
+def _invocation() -> Invocation:
+    invocation = click.get_current_context().find_object(Invocation)
+    assert invocation is not None, "the group made one"
+    return invocation
+
+
+def _host_and_port(server: str) -> tuple[str, int | None]:
+    if server.startswith("["):
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise click.BadParameter(f"{server!r} is not HOST, HOST:PORT or [IPv6]:PORT", param_hint="'--server'")
+        port = rest[1:]
+    elif server.count(":") == 1:
+        host, _, port = server.partition(":")
+    else:
+        host, port = server, ""
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise click.BadParameter(f"{port!r} is not a port number (1 to 65535)", param_hint="'--server'")
+    return host, int(port) if port else None
+
+
+def _password(user: str, arguments: dict) -> str:
+    """--user's password: from the environment, else asked for (never taken from the command line)."""
+    password = os.environ.get(PASSWORD_VARIABLE)
+    if password is None:
+        if sys.stdin is None or "-" in arguments.get("files", ()):
+            raise click.UsageError(
+                f"--user {user} needs a password: set {PASSWORD_VARIABLE} (standard input "
+                "is closed or holds the message, so the password cannot be asked for)"
+            )
+        password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+    if "\n" in password or "\r" in password:
+        raise click.BadParameter("the password must be one line", param_hint="'--user'")
+    return password
+
+
+class TranscriptPrinter(logging.Handler):
+    """Prints the ``mailman_mta.transcript`` records: C: for the client, S: for the server."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.DEBUG)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        direction = getattr(record, "smtp_direction", "*")
+        for line in getattr(record, "smtp_lines", [record.getMessage()]):
+            self.console.print(f"{direction}: {line}", soft_wrap=True)
+
+
+@contextmanager
+def _transcript(console: Console) -> Iterator[None]:
+    logger = logging.getLogger("mailman_mta.transcript")
+    handler = TranscriptPrinter(console)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
 @click.group("mailman-mta", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailman-mta")
-@click.option("-c", "--config", "config_files", multiple=True, metavar="FILE",
-              help="Push this configuration file as a layer (repeatable).")
-@click.option("-o", "--option", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Set one key, e.g. -o mta.smtp_port=2525 (repeatable; all go in one layer, '-o').")
+@click.option(
+    "-c",
+    "--config",
+    "config_files",
+    multiple=True,
+    metavar="FILE",
+    help="Push this configuration file as a layer (repeatable; also after the command).",
+)
+@click.option(
+    "-o",
+    "--option",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Set one key, e.g. -o mta.smtp_port=2525 (repeatable; all go in one layer, '-o').",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
 def main(ctx: click.Context, config_files: tuple[str, ...], assignments: tuple[str, ...], debug: bool) -> None:
     """Hand outgoing mail to an SMTP server, pluggably."""
-    config = Configuration()
-    session = Session(config, debug)
-    with session.reporting():
-        for path in config_files:
-            config.push_file(path)
-        if assignments:
-            config.push("-o", _options_layer(assignments))
-    ctx.obj = session
+    invocation = Invocation(Configuration(), debug)
+    ctx.obj = invocation
+    invocation.push_layers(config_files, assignments, "")
 
 
-pass_session = click.make_pass_decorator(Session)
+pass_invocation = click.make_pass_decorator(Invocation)
 
 
 # -- send ----------------------------------------------------------------
@@ -166,93 +391,214 @@ def _read_recipients(path: str) -> list[str]:
 
 def _read_message(name: str) -> bytes:
     if name == "-":
-        return sys.stdin.buffer.read()
+        if sys.stdin is None or sys.stdin.closed:
+            raise CommandError("standard input is closed, and '-' asks to read a message from it", EXIT_NOINPUT)
+        try:
+            return sys.stdin.buffer.read()
+        except OSError as error:
+            raise CommandError(f"cannot read a message from standard input: {describe(error)}", EXIT_NOINPUT) from None
     try:
         return Path(name).read_bytes()
     except OSError as error:
-        raise click.ClickException(f"cannot read message {name}: {error.strerror}") from None
+        raise CommandError(f"cannot read message {name}: {error.strerror}", EXIT_NOINPUT) from None
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("-f", "--from", "sender", required=True, callback=_check_address, metavar="ADDR",
-              help="The envelope sender (MAIL FROM).")
-@click.option("-t", "--to", "recipients", multiple=True, callback=_check_address, metavar="ADDR",
-              help="An envelope recipient (repeatable).")
-@click.option("--to-file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="A file of recipients, one per line (# comments allowed).")
-@pass_session
-def send(session: Session, files: tuple[str, ...], sender: str, recipients: tuple[str, ...],
-         to_file: str | None) -> None:
+@click.option(
+    "-f",
+    "--from",
+    "sender",
+    required=True,
+    callback=_check_address,
+    metavar="ADDR",
+    help="The envelope sender (MAIL FROM).",
+)
+@click.option(
+    "-t",
+    "--to",
+    "recipients",
+    multiple=True,
+    callback=_check_address,
+    metavar="ADDR",
+    help="An envelope recipient (repeatable).",
+)
+@click.option(
+    "--to-file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="A file of recipients, one per line (# comments allowed).",
+)
+@layer_options
+@relay_options
+@pass_invocation
+def send(
+    invocation: Invocation,
+    files: tuple[str, ...],
+    sender: str,
+    recipients: tuple[str, ...],
+    to_file: str | None,
+    transcript: bool,
+) -> None:
     """Deliver message FILEs (.eml; - for standard input) through the configured MTA.
 
-    Exit status: 0 if every recipient accepted every message, 75 if some
-    were refused temporarily (try again later), 1 if any permanently.
+    Exit status: 0 if every recipient accepted every message, 1 if any
+    refused one for good, 75 if the refusals were all temporary (or the
+    relay was unreachable), 77 if it refused the login, 130 on Ctrl-C.
     """
     everyone = list(recipients) + (_read_recipients(to_file) if to_file else [])
     if not everyone:
         raise click.UsageError("no recipients: give --to or --to-file")
     messages = [(name, _read_message(name)) for name in files]
     results: list[tuple[str, DeliveryResult]] = []
-    console = session.console
-    with session.reporting(), Delivery(config=session.config) as delivery, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task("delivering", total=len(messages) * len(everyone))
-        posts = ((sender, everyone, data) for _, data in messages)
-        for (name, _), result in zip(messages, delivery.deliver_many(
-                posts, progress=lambda n: progress.advance(task, n))):
-            results.append((name, result))
-    sys.exit(_report(session, results))
+    console = invocation.console
+    try:
+        with (
+            invocation.reporting(),
+            Delivery(Connection(config=invocation.config, debug=transcript)) as delivery,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,
+            ) as progress,
+        ):
+            task = progress.add_task("delivering", total=len(messages) * len(everyone))
+            posts = ((sender, everyone, data) for _, data in messages)
+            for (name, _), result in zip(
+                messages, delivery.deliver_many(posts, progress=lambda n: progress.advance(task, n))
+            ):
+                results.append((name, result))
+    except DeliveryInterrupted as interruption:
+        finished = [*results, *zip((name for name, _ in messages[len(results) :]), interruption.results)]
+        _report_interruption(invocation, finished, [name for name, _ in messages[len(finished) :]])
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(_report(invocation, results))
 
 
-def _report(session: Session, results: list[tuple[str, DeliveryResult]]) -> int:
-    """Print what happened; return the exit status (0, EXIT_TEMPFAIL or 1)."""
-    failures = []
-    rows = []
+def _report(invocation: Invocation, results: list[tuple[str, DeliveryResult]]) -> int:
+    """Print what happened; return the exit status."""
+    failures: list[Failure] = []
+    rows: list[tuple[str, str, Failure]] = []
+    whole_errors: list[BaseException] = []
     for name, result in results:
         failures.extend(result.refused.values())
         distinct = set(result.refused.values())
         if result.error is not None and len(result.refused) == len(result.recipients) and len(distinct) == 1:
             failure = distinct.pop()
-            session.errors.print(f"Error: {escape(name)}: not delivered to any recipient: "
-                                 f"{failure.code} {escape(failure.message)}", soft_wrap=True)
+            whole_errors.append(result.error)
+            invocation.errors.print(
+                f"Error: {name}: not delivered to any recipient: {failure.code} {failure.message}", soft_wrap=True
+            )
             continue
-        session.console.print(f"{escape(name)}: {len(result.accepted)} accepted, {len(result.refused)} refused, "
-                              f"{result.transactions} transaction(s)")
+        invocation.console.print(
+            f"{name}: {len(result.accepted)} accepted, {len(result.refused)} refused, "
+            f"{result.transactions} transaction(s)"
+        )
         rows.extend((name, recipient, failure) for recipient, failure in result.refused.items())
     if rows:
         table = Table(title="Refused recipients")
         for column in ("message", "recipient", "code", "kind", "reply"):
             table.add_column(column)
         for name, recipient, failure in rows:
-            table.add_row(escape(name), escape(recipient), str(failure.code),
-                          "permanent" if failure.permanent else "temporary", escape(failure.message))
-        session.console.print(table)
+            table.add_row(
+                name, recipient, str(failure.code), "permanent" if failure.permanent else "temporary", failure.message
+            )
+        invocation.console.print(table)
     if not failures:
         return 0
-    return 1 if any(failure.permanent for failure in failures) else EXIT_TEMPFAIL
+    if any(failure.permanent for failure in failures):
+        return EXIT_PERMANENT
+    statuses = {exit_status_of(error) for error in whole_errors}
+    if len(whole_errors) == len(results) and len(statuses) == 1:
+        return statuses.pop()
+    return EXIT_TEMPFAIL
+
+
+def _report_interruption(
+    invocation: Invocation, results: list[tuple[str, DeliveryResult]], never_begun: list[str]
+) -> None:
+    """After Ctrl-C: who got each message, who did not, who may have."""
+    errors = invocation.errors
+    errors.print("Interrupted: what happened to each message so far:")
+    for name, result in results:
+        uncertain = sorted(result.uncertain)
+        unsent = [r for r, failure in result.refused.items() if failure == NOT_ATTEMPTED]
+        refused = [r for r in result.refused if r not in result.uncertain and r not in unsent]
+        groups = (("got it", result.accepted), ("refused", refused), ("may have", uncertain), ("not attempted", unsent))
+        errors.print(
+            f"{name}: " + ", ".join(f"{len(addresses)} {label}" for label, addresses in groups), soft_wrap=True
+        )
+        for label, addresses in groups:
+            for address in addresses:
+                errors.print(f"  {label}: {address}", soft_wrap=True)
+    for name in never_begun:
+        errors.print(f"{name}: not sent to anyone", soft_wrap=True)
 
 
 # -- config and plugins --------------------------------------------------
 
 
+def _shown_value(config: Configuration, section: str, key: str) -> str:
+    value = config.settings[section][key]
+    return repr(value) if isinstance(value, Secret) else str(config[section][key])
+
+
 @main.command("config")
-@pass_session
-def show_config(session: Session) -> None:
-    """Print the effective configuration and the layer each value came from."""
-    config = session.config
-    table = Table(title=f"Effective configuration (layers: {', '.join(config.layers) or 'none'})")
+@click.argument("name", required=False, metavar="[SECTION.KEY]")
+@click.option("--origin", is_flag=True, help="With SECTION.KEY: also say which layer the value comes from.")
+@click.option("--changed", is_flag=True, help="Only what the layers changed (as postconf -n).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+@layer_options
+@pass_invocation
+def show_config(invocation: Invocation, name: str | None, origin: bool, changed: bool, as_json: bool) -> None:
+    """Print the effective configuration and the layer each value came from.
+
+    With SECTION.KEY (mta.smtp_port, plugin.dkim.enabled), print that one
+    value.  Passwords are always shown as Secret('***').
+    """
+    config = invocation.config
+    with invocation.reporting():
+        settings = config.settings
+        if name is not None:
+            section, _, key = name.rpartition(".")
+            if section not in settings or key not in settings[section]:
+                known = [f"{s}.{k}" for s in settings for k in settings[s]]
+                close = [n for n in known if n.endswith("." + key) or n.startswith(section + ".")][:3]
+                raise click.UsageError(
+                    f"there is no key {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                )
+            value, layer = _shown_value(config, section, key), config.origin(section, key)
+            if as_json:
+                invocation.console.print(
+                    json.dumps({"section": section, "key": key, "value": value, "origin": layer}), soft_wrap=True
+                )
+            else:
+                invocation.console.print(f"{value} (from {layer})" if origin else value, soft_wrap=True)
+            return
+        rows = [
+            (section, key, _shown_value(config, section, key), config.origin(section, key))
+            for section in settings
+            for key in settings[section]
+        ]
+        if changed:
+            rows = [row for row in rows if row[3] != "default"]
+    if as_json:
+        invocation.console.print(
+            json.dumps([dict(zip(("section", "key", "value", "origin"), row)) for row in rows], indent=1),
+            soft_wrap=True,
+        )
+        return
+    title = "Changed" if changed else "Effective"
+    table = Table(title=f"{title} configuration (layers: {', '.join(config.layers) or 'none'})")
     for column in ("section", "key", "value", "from"):
         table.add_column(column)
-    for name in config.settings:
-        section = config.settings[name]
-        for key in section:
-            value = section[key]
-            shown = repr(value) if isinstance(value, Secret) else str(config[name][key])
-            table.add_row(escape(f"[{name}]"), key, escape(shown), escape(config.origin(name, key)))
-    session.console.print(table)
+    for section, key, value, layer in rows:
+        table.add_row(f"[{section}]", key, value, layer)
+    invocation.console.print(table)
 
 
 def _hooks_of(plugin: object) -> list[str]:
@@ -262,10 +608,11 @@ def _hooks_of(plugin: object) -> list[str]:
 
 
 @main.command()
-@pass_session
-def plugins(session: Session) -> None:
+@layer_options
+@pass_invocation
+def plugins(invocation: Invocation) -> None:
     """List the plugins that exist, which are active, and the hooks each implements."""
-    config = session.config
+    config = invocation.config
     configured = config.settings.plugins
     names = registration_order([*config.registry.names(), *configured])
     active = config.active_plugins
@@ -279,54 +626,47 @@ def plugins(session: Session) -> None:
             hooks = ", ".join(_hooks_of(active.get(name) or config.registry.load(name, class_path)))
         except MTAError as error:
             hooks = f"cannot load: {error}"
-        table.add_row(name, "yes" if name in active else "no", escape(source), escape(hooks))
-    session.console.print(table)
+        table.add_row(name, "yes" if name in active else "no", source, hooks)
+    invocation.console.print(table)
 
 
 # -- check ---------------------------------------------------------------
 
 
 @main.command()
-@pass_session
-def check(session: Session) -> None:
-    """Connect to the configured MTA and report what it offers, sending no mail."""
-    config = session.config
-    connection = Connection(config=config)
-    console = session.console
-    with session.reporting():
-        transport = connection.open_transport()
-        try:
-            transport.ehlo_or_helo_if_needed()
-            host, port = getattr(transport, "relay", None) or (connection.host, connection.port)
-            console.print(f"server      {host}:{port} ({connection.setting('secure_mode')})")
-            greeting = (transport.ehlo_resp or b"").decode("utf-8", "replace").splitlines()
-            console.print(f"greets as   {escape(greeting[0] if greeting else '?')}")
-            for name, parameters in transport.esmtp_features.items():
-                console.print(f"offers      {name.upper()} {escape(parameters.strip())}".rstrip())
-            sock = getattr(transport, "sock", None)
-            if isinstance(sock, ssl.SSLSocket):
-                certificate = sock.getpeercert() or {}
-                subject = ", ".join("=".join(part) for rdn in certificate.get("subject", ()) for part in rdn)
-                verified = "verified" if connection.tls_context().verify_mode != ssl.CERT_NONE else "NOT verified"
-                console.print(f"tls         {sock.version()}, certificate {escape(subject or '(not shown)')} ({verified})")
-            else:
-                console.print("tls         none (plaintext)")
-            ok = True
-            if connection.smtp_user:
-                try:
-                    config.hook.mta_authenticate(config=config, connection=connection, transport=transport)
-                    console.print(f"auth        succeeded as {escape(connection.smtp_user)}")
-                except smtplib.SMTPException as error:
-                    console.print(f"auth        FAILED as {escape(connection.smtp_user)}: {escape(_describe(error))}")
-                    ok = False
-            else:
-                console.print("auth        not configured ([mta] smtp_user is empty)")
-        finally:
-            try:
-                transport.quit()
-            except (smtplib.SMTPException, OSError):
-                transport.close()
-    sys.exit(0 if ok else 1)
+@layer_options
+@relay_options
+@pass_invocation
+def check(invocation: Invocation, transcript: bool) -> None:
+    """Connect to the configured MTA and report what it offers, sending no mail.
+
+    Exit status: 0 if it was reached (and the login worked, when a user is
+    configured), 75 if it could not be reached, 77 if it refused the login.
+    """
+    console = invocation.console
+    with invocation.reporting():
+        found = probe(Connection(config=invocation.config, debug=transcript))
+    host, port = found.relay
+    console.print(f"server      {host}:{port} ({found.secure_mode})", soft_wrap=True)
+    console.print(f"greets as   {found.greeting or '?'}", soft_wrap=True)
+    for name, parameters in found.extensions.items():
+        console.print(f"offers      {name.upper()} {parameters}".rstrip(), soft_wrap=True)
+    if found.tls_version is None:
+        console.print("tls         none (plaintext)")
+    else:
+        verified = "verified" if found.verified else "NOT verified"
+        console.print(
+            f"tls         {found.tls_version}, certificate {found.certificate or '(not shown)'} ({verified})",
+            soft_wrap=True,
+        )
+    if found.auth is None:
+        console.print("auth        not configured ([mta] smtp_user is empty)")
+    elif found.auth:
+        console.print(f"auth        succeeded as {found.user}", soft_wrap=True)
+    else:
+        error = found.auth_error or smtplib.SMTPAuthenticationError(535, b"refused")
+        console.print(f"auth        FAILED as {found.user}: {describe(error)}", soft_wrap=True)
+        sys.exit(exit_status_of(error))
 
 
 # -- sink ----------------------------------------------------------------
@@ -334,22 +674,77 @@ def check(session: Session) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option("-p", "--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
-              help="The port to listen on (0: any free port).")
+@click.option(
+    "-p",
+    "--port",
+    default=8025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The port to listen on (0: any free port).",
+)
 @click.option("-n", "--count", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Stop after this long.")
-@pass_session
-def sink(session: Session, host: str, port: int, count: int | None, seconds: float | None) -> None:
-    """Run the embedded SMTP server, printing each message it receives.
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, writable=True),
+    metavar="DIR",
+    help="Write each message to DIR as NNNN.eml, with X-MailFrom and X-RcptTo headers.",
+)
+@click.option(
+    "--reject",
+    "patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="Refuse recipients matching this shell pattern with 550 (repeatable), e.g. '*@gone.example'.",
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    metavar="RATE",
+    help="Refuse this share of recipients with 451, at random (0 to 1).",
+)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    metavar="RATE",
+    help="Hang up after this share of messages without answering, and lose them.",
+)
+@click.option("--seed", type=int, help="Make --fail-rate and --drop-rate repeatable.")
+@layer_options
+@pass_invocation
+def sink(
+    invocation: Invocation,
+    host: str,
+    port: int,
+    count: int | None,
+    seconds: float | None,
+    save_dir: str | None,
+    patterns: tuple[str, ...],
+    fail_rate: float,
+    drop_rate: float,
+    seed: int | None,
+) -> None:
+    """Run an SMTP server that prints (and keeps) what it receives, as Postfix's smtp-sink.
 
     A debugging MTA for developing against mailman-mta: point [mta] at it.
-    It accepts everything, offers no AUTH, and delivers nothing.  Stop it
-    with Ctrl-C (or --count / --seconds).
+    It accepts everything unless told to refuse, offers no AUTH, and
+    delivers nothing.  --reject, --fail-rate and --drop-rate rehearse a
+    relay's failures.  Stop it with Ctrl-C (or --count / --seconds).
     """
-    arrivals: queue.Queue[ReceivedMessage] = queue.Queue()
-    console = session.console
-    server = CountingSMTPServer(host, port, credentials=None, on_message=arrivals.put)
-    with session.reporting():
+    from .testing import CountingSMTPServer
+
+    arrivals: queue.Queue = queue.Queue()
+    console = invocation.console
+    directory = Path(save_dir) if save_dir else None
+    with invocation.reporting():
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        server = CountingSMTPServer(host, port, credentials=None, on_message=arrivals.put)
+        for pattern in patterns:
+            server.refuse_matching(pattern)
+        server.misbehave_at_random(fail_rate=fail_rate, drop_rate=drop_rate, seed=seed)
         server.start()
     deadline = time.monotonic() + seconds if seconds else None
     received = 0
@@ -364,14 +759,7 @@ def sink(session: Session, host: str, port: int, count: int | None, seconds: flo
             except queue.Empty:
                 continue
             received += 1
-            subject = next((line[9:].strip() for line in message.content.decode("utf-8", "replace").splitlines()
-                            if line.lower().startswith("subject: ")), "")
-            console.print(
-                f"#{received} from {escape(message.mail_from or '<>')} to {escape(', '.join(message.rcpt_tos))} "
-                f"({len(message.content)} bytes) {escape(subject)!s} "
-                f"[connections so far: {server.get_connection_count()}]",
-                soft_wrap=True,
-            )
+            _print_arrival(console, received, message, server.get_connection_count(), directory)
     except KeyboardInterrupt:
         pass
     finally:
@@ -379,20 +767,67 @@ def sink(session: Session, host: str, port: int, count: int | None, seconds: flo
     console.print(f"received {received} message(s) over {server.get_connection_count()} connection(s)")
 
 
+#: Recipients of one message listed by `sink` before "and N more".
+_SHOWN_RECIPIENTS = 10
+
+
+def _print_arrival(console: Console, number: int, message: Any, connections: int, directory: Path | None) -> None:
+    text = message.content.decode("utf-8", "replace")
+    head = text.split("\r\n\r\n", 1)[0]
+    subject = next((line[9:].strip() for line in head.splitlines() if line.lower().startswith("subject: ")), "")
+    recipients = list(message.rcpt_tos)
+    console.print(
+        f"#{number} from {message.mail_from or '<>'}, {len(recipients)} recipient(s), "
+        f"{len(message.content)} bytes, subject {subject!r} (connections so far: {connections})",
+        soft_wrap=True,
+    )
+    for recipient in recipients[:_SHOWN_RECIPIENTS]:
+        console.print(f"    to {recipient}", soft_wrap=True)
+    if len(recipients) > _SHOWN_RECIPIENTS:
+        console.print(f"    and {len(recipients) - _SHOWN_RECIPIENTS} more", soft_wrap=True)
+    if directory is not None:
+        path = directory / f"{number:04d}.eml"
+        envelope = f"X-MailFrom: {message.mail_from}\r\nX-RcptTo: {', '.join(recipients)}\r\n".encode()
+        path.write_bytes(envelope + message.content)
+        console.print(f"    saved as {path}", soft_wrap=True)
+
+
 # -- demo ----------------------------------------------------------------
 
 
 @main.command()
-@click.option("-n", "--posts", default=100, show_default=True, type=click.IntRange(1, 100_000),
-              help="How many list posts to send.")
-@click.option("-m", "--members", default=50, show_default=True, type=click.IntRange(1, 10_000),
-              help="Recipients of each post, spread over several domains.")
-@click.option("-s", "--sessions-per-connection", default=100, show_default=True, type=click.IntRange(0),
-              help="Sessions before a connection is replaced (0: no limit).")
-@click.option("--connections", type=click.IntRange(1), metavar="N",
-              help="Connections at once (default: [mta] max_connections).")
-@pass_session
-def demo(session: Session, posts: int, members: int, sessions_per_connection: int, connections: int | None) -> None:
+@click.option(
+    "-n",
+    "--posts",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many list posts to send.",
+)
+@click.option(
+    "-m",
+    "--members",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Recipients of each post, spread over several domains.",
+)
+@click.option(
+    "-s",
+    "--sessions-per-connection",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Sessions before a connection is replaced (0: no limit).",
+)
+@click.option(
+    "--connections", type=click.IntRange(1), metavar="N", help="Connections at once (default: [mta] max_connections)."
+)
+@layer_options
+@pass_invocation
+def demo(
+    invocation: Invocation, posts: int, members: int, sessions_per_connection: int, connections: int | None
+) -> None:
     """Send a batch of posts to the embedded SMTP server and report what arrived.
 
     No MTA is needed: the server (aiosmtpd) runs inside this process on a
@@ -400,21 +835,33 @@ def demo(session: Session, posts: int, members: int, sessions_per_connection: in
     the active plugins, the configured strategy ([mta] delivery) and up to
     [mta] max_connections connections at once.
     """
-    console = session.console
-    config = session.config
+    from .testing import CountingSMTPServer
+
+    console = invocation.console
+    config = invocation.config
     domains = ["example.com", "example.org", "example.net", "lists.example.edu"]
     addresses = [f"member{i}@{domains[i % len(domains)]}" for i in range(members)]
-    with session.reporting(), CountingSMTPServer(credentials=None) as server:
-        config.push("demo-server", f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\n"
-                                   + (f"max_connections: {connections}\n" if connections else ""))
+    with invocation.reporting(), CountingSMTPServer(credentials=None) as server:
+        config.push(
+            "demo-server",
+            f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\n"
+            + (f"max_connections: {connections}\n" if connections else ""),
+        )
         connection = Connection(sessions_per_connection=sessions_per_connection, config=config)
         accepted = refused = transactions = 0
-        batch = (("list-bounces@example.com", addresses,
-                  f"From: list@example.com\nTo: members@example.com\nSubject: post {number}\n\n"
-                  "Hello from mailman-mta.\n") for number in range(posts))
+        batch = (
+            (
+                "list-bounces@example.com",
+                addresses,
+                f"From: list@example.com\nTo: members@example.com\nSubject: post {number}\n\nHello from mailman-mta.\n",
+            )
+            for number in range(posts)
+        )
         started = time.perf_counter()
-        with Delivery(connection) as delivery, Progress(console=console, transient=True,
-                                                        disable=not console.is_terminal) as progress:
+        with (
+            Delivery(connection) as delivery,
+            Progress(console=console, transient=True, disable=not console.is_terminal) as progress,
+        ):
             task = progress.add_task("sending", total=posts)
             for result in delivery.deliver_many(batch):
                 accepted += len(result.accepted)
@@ -428,20 +875,25 @@ def demo(session: Session, posts: int, members: int, sessions_per_connection: in
 
     table = Table(title="mailman-mta demo: embedded SMTP server", show_header=False)
     table.add_row("server", f"{server.hostname}:{server.port} (aiosmtpd, in this process)")
-    table.add_row("strategy", f"{connection.setting('delivery')} (max_recipients "
-                              f"{connection.setting('max_recipients') or 'no limit'})")
+    table.add_row(
+        "strategy",
+        f"{connection.setting('delivery')} (max_recipients {connection.setting('max_recipients') or 'no limit'})",
+    )
     table.add_row("active plugins", ", ".join(config.active_plugins))
     table.add_row("posts sent", f"{posts} to {members} members each")
     table.add_row("SMTP transactions", f"{transactions} sent, {len(arrived)} received")
     table.add_row("recipients", f"{accepted} accepted, {refused} refused; {delivered} arrived")
-    table.add_row("connections", f"{opened} (at most {connection.setting('max_connections')} at once; "
-                                  f"sessions per connection: {sessions_per_connection or 'no limit'})")
+    table.add_row(
+        "connections",
+        f"{opened} (at most {connection.setting('max_connections')} at once; "
+        f"sessions per connection: {sessions_per_connection or 'no limit'})",
+    )
     table.add_row("elapsed", f"{elapsed:.2f} s")
     table.add_row("throughput", f"{transactions / elapsed:,.0f} transactions/s, {accepted / elapsed:,.0f} recipients/s")
     console.print(table)
     if delivered != accepted or accepted + refused != posts * members:
-        console.print("[red]Not everything sent arrived.[/red]")
-        sys.exit(1)
+        console.print("Not everything sent arrived.", style="red")
+        sys.exit(EXIT_PERMANENT)
 
 
 if __name__ == "__main__":  # pragma: no cover

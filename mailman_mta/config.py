@@ -215,11 +215,13 @@ class Configuration:
     def schema(self) -> Schema:
         """Every section and key this configuration knows, with their types."""
         self._up_to_date()
+        assert self._declared is not None
         return self._declared
 
     @property
     def _config(self) -> Config:
         self._up_to_date()
+        assert self._lazr is not None
         return self._lazr
 
     def _up_to_date(self) -> None:
@@ -284,8 +286,11 @@ class Configuration:
         followed configuration's name (see `follow`) when it gave the value.
         """
         if (section, key) in self._current().followed:
-            return self._following.name
+            return self._followed_name()
         return self._lazr_origin(section, key)
+
+    def _followed_name(self) -> str:
+        return self._following.name if self._following is not None else "another configuration"
 
     def _lazr_origin(self, section: str, key: str) -> str:
         found = "default"
@@ -324,9 +329,7 @@ class Configuration:
                     lazr.validate()
                 except ConfigErrors as error:
                     problems = "; ".join(str(e) for e in error.errors)
-                    raise ConfigurationError(
-                        f"config layer {name!r} is not valid: {problems}", layer=name
-                    ) from error
+                    raise ConfigurationError(f"config layer {name!r} is not valid: {problems}", layer=name) from error
                 state = self._compute_state()
                 if state.problem is not None:
                     raise ConfigurationError(state.problem)
@@ -425,8 +428,11 @@ class Configuration:
             return pinned
         state = self._state
         following = self._following
-        if (state is None or state.registry_generation != self.registry.generation
-                or (following is not None and following.overlays() is not state.followed_overlays)):
+        if (
+            state is None
+            or state.registry_generation != self.registry.generation
+            or (following is not None and following.overlays() is not state.followed_overlays)
+        ):
             with self._lock:
                 state = self._compute_state()
                 if following is not None:
@@ -446,8 +452,8 @@ class Configuration:
             with self._pinned_to(state):
                 state.manager.hook.mta_check_config(config=self)
         except ConfigurationError as error:
-            log.error("the configuration, following %s, is refused: %s", self._following.name, error)
-            return replace(state, problem=f"following {self._following.name}: {error}")
+            log.error("the configuration, following %s, is refused: %s", self._followed_name(), error)
+            return replace(state, problem=f"following {self._followed_name()}: {error}")
         return state
 
     def follow(
@@ -510,8 +516,14 @@ class Configuration:
             if settings.plugins[name].enabled
         }
         manager = build_plugin_manager(active.items())
-        problem = next((_unmet(requirement, settings) for requirement in self._declared.requirements
-                        if requirement.plugin not in active and _unmet(requirement, settings)), None)
+        problem = next(
+            (
+                _unmet(requirement, settings)
+                for requirement in self.schema.requirements
+                if requirement.plugin not in active and _unmet(requirement, settings)
+            ),
+            None,
+        )
         opening = tuple(
             implementation.plugin
             for hook in (manager.hook.mta_create_transport, manager.hook.mta_authenticate)
@@ -521,7 +533,7 @@ class Configuration:
 
     def _convert(self, followed: dict[tuple[str, str], str]) -> Settings:
         sections: dict[str, SectionSettings] = {}
-        schema = self._declared
+        schema = self.schema
         for section in self._config:
             if section.name == f"{PLUGIN_CATEGORY}.master":
                 continue
@@ -532,10 +544,11 @@ class Configuration:
                 try:
                     values[key] = convert(section[key] if text is None else text)
                 except ValueError as error:
-                    where = "" if text is None else f" (following {self._following.name})"
+                    where = "" if text is None else f" (following {self._followed_name()})"
                     raise ConfigurationError(
                         f"[{section.name}] {key}{where}: {error}",
-                        section=section.name, key=key,
+                        section=section.name,
+                        key=key,
                     ) from None
             sections[section.name] = SectionSettings(section.name, values)
         return Settings(sections)
@@ -567,14 +580,16 @@ class Configuration:
                 raise ConfigurationError(
                     f"config layer {name!r}: there is no section [{section}]"
                     + _did_you_mean(section, known + [f"{PLUGIN_CATEGORY}.NAME"]),
-                    layer=name, section=section,
+                    layer=name,
+                    section=section,
                 )
             for key in parser.options(section):
                 if key not in schema:
                     raise ConfigurationError(
-                        f"config layer {name!r}: [{section}] has no key {key!r}"
-                        + _did_you_mean(key, list(schema)),
-                        layer=name, section=section, key=key,
+                        f"config layer {name!r}: [{section}] has no key {key!r}" + _did_you_mean(key, list(schema)),
+                        layer=name,
+                        section=section,
+                        key=key,
                     )
 
     def _section_schema(self, section: str):

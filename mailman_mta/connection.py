@@ -53,8 +53,16 @@ RefusedRecipients = dict[str, tuple[int, bytes]]
 #: The [mta] keys that decide what a connection is: when a layer changes
 #: one, an open connection is replaced before its next send.
 CONNECTION_KEYS = (
-    "smtp_host", "smtp_port", "smtp_user", "smtp_pass", "secure_mode", "verify_cert",
-    "verify_hostname", "ca_file", "ca_path", "tls_min_version",
+    "smtp_host",
+    "smtp_port",
+    "smtp_user",
+    "smtp_pass",
+    "secure_mode",
+    "verify_cert",
+    "verify_hostname",
+    "ca_file",
+    "ca_path",
+    "tls_min_version",
 )
 
 #: Serial numbers of `Connection` objects, for logs.
@@ -109,16 +117,18 @@ def _foreign_transaction(transport: Any, envelope: Envelope) -> TransactionResul
         return TransactionResult(sender, recipients, replies, error=error, stage=RCPT)
     except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
         stage = MAIL if isinstance(error, smtplib.SMTPSenderRefused) else DATA
-        result = TransactionResult(sender, recipients, error=error, stage=stage,
-                                   reply=Reply.of(error.smtp_code, error.smtp_error))
+        result = TransactionResult(
+            sender, recipients, error=error, stage=stage, reply=Reply.of(error.smtp_code, error.smtp_error)
+        )
         result.data_sent = stage == DATA and getattr(transport, "message_data_sent", True)
         return result
     except (smtplib.SMTPException, OSError) as error:
         # Without a way to tell, a message that may have gone out whole is
         # reported as "may have arrived", and never sent again.
         data_sent = getattr(transport, "message_data_sent", True)
-        return TransactionResult.failed(sender, recipients, error, stage=END_OF_DATA if data_sent else MAIL,
-                                        data_sent=data_sent)
+        return TransactionResult.failed(
+            sender, recipients, error, stage=END_OF_DATA if data_sent else MAIL, data_sent=data_sent
+        )
     accepted = Reply(250, (b"",))
     replies = [Reply.of(*refused[r]) if r in refused else accepted for r in recipients]
     return TransactionResult(sender, recipients, replies)
@@ -178,9 +188,17 @@ class Connection:
         self.config = config if config is not None else default_config
         if isinstance(secure_mode, enum.Enum):
             secure_mode = secure_mode.value
-        given = dict(settings, host=host, port=port, sessions_per_connection=sessions_per_connection,
-                     smtp_user=smtp_user, smtp_pass=smtp_pass, secure_mode=secure_mode,
-                     verify_cert=verify_cert, verify_hostname=verify_hostname)
+        given = dict(
+            settings,
+            host=host,
+            port=port,
+            sessions_per_connection=sessions_per_connection,
+            smtp_user=smtp_user,
+            smtp_pass=smtp_pass,
+            secure_mode=secure_mode,
+            verify_cert=verify_cert,
+            verify_hostname=verify_hostname,
+        )
         self._explicit = {
             _ARGUMENT_KEYS.get(name, name): self._check_argument(name, value)
             for name, value in given.items()
@@ -276,8 +294,11 @@ class Connection:
         if self._ssl_context is not None:
             return self._ssl_context
         return tls.client_context(
-            self.setting("verify_cert"), self.setting("verify_hostname"),
-            self.setting("ca_file"), self.setting("ca_path"), self.setting("tls_min_version"),
+            self.setting("verify_cert"),
+            self.setting("verify_hostname"),
+            self.setting("ca_file"),
+            self.setting("ca_path"),
+            self.setting("tls_min_version"),
         )
 
     @property
@@ -408,11 +429,16 @@ class Connection:
                     # data had begun to.
                     data_sent = getattr(self.transport, "message_data_sent", self.transport is not None)
                     self.close()
-                    result = TransactionResult.failed(envelope.sender, envelope.recipients, interruption,
-                                                      stage=END_OF_DATA if data_sent else BEFORE,
-                                                      data_sent=data_sent)
+                    result = TransactionResult.failed(
+                        envelope.sender,
+                        envelope.recipients,
+                        interruption,
+                        stage=END_OF_DATA if data_sent else BEFORE,
+                        data_sent=data_sent,
+                    )
                     self._report(envelope, result)
-                interruption.transaction = result
+                # For the caller to report: what happened before the interruption.
+                setattr(interruption, "transaction", result)  # noqa: B010 (not a declared attribute)
                 raise
         return result
 
@@ -430,8 +456,12 @@ class Connection:
         reused = self.transport is not None
         result = self._transact(config, hook, envelope, pace=True)
         if reused and retryable(result):
-            log.info("%s:%s dropped a reused connection before the message was sent (%s); "
-                     "sending it on a new connection", self.host, self.port, result.error)
+            log.info(
+                "%s:%s dropped a reused connection before the message was sent (%s); sending it on a new connection",
+                self.host,
+                self.port,
+                result.error,
+            )
             self.close()
             result = self._transact(config, hook, envelope, pace=False)
         return result
@@ -456,10 +486,11 @@ class Connection:
             if pace:
                 self._pace(config, hook, envelope)
             transport = self.transport
+            assert transport is not None, "connected above"
             relay, session = self._relay, self.session_count + 1
             ours = self._exact
             if ours:
-                result = transport.transact(envelope, pipelining=self.setting("pipelining"))
+                result = IMessageTransactions(transport).transact(envelope, pipelining=self.setting("pipelining"))
             else:
                 result = _foreign_transaction(transport, envelope)
         except (UnsendableMessageError, EnvelopeError) as error:
@@ -492,14 +523,14 @@ class Connection:
         implementations = config.hook.mta_delivery_result.get_hookimpls()
         if not implementations:
             return
-        arguments = dict(config=config, connection=self, envelope=envelope, refused=result.refused,
-                         error=result.error, result=result)
+        arguments = dict(
+            config=config, connection=self, envelope=envelope, refused=result.refused, error=result.error, result=result
+        )
         for implementation in reversed(implementations):
             try:
                 implementation.function(**{name: arguments[name] for name in implementation.argnames})
             except Exception:
-                log.exception("plugin %r raised in mta_delivery_result; the result stands",
-                              implementation.plugin_name)
+                log.exception("plugin %r raised in mta_delivery_result; the result stands", implementation.plugin_name)
 
     def connect(self) -> bool:
         """Open the connection now (connect, TLS, AUTH), rather than at the first send.

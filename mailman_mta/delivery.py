@@ -93,8 +93,9 @@ class _Post:
     def finished(self) -> bool:
         return self.complete and not self.outstanding
 
-    def record(self, envelope: Envelope, failures: dict[str, Failure], error: BaseException | None,
-               uncertain: set[str]) -> None:
+    def record(
+        self, envelope: Envelope, failures: dict[str, Failure], error: BaseException | None, uncertain: set[str]
+    ) -> None:
         self.outstanding -= 1
         self.attempted.update(envelope.original_recipients)
         self.refused.update(failures)
@@ -203,6 +204,7 @@ class Delivery:
                         self._collect(pool, in_flight, progress)
                 yield from self._finished(started)
             while in_flight:
+                assert pool is not None, "only a pool has transactions in flight"
                 self._collect(pool, in_flight, progress)
                 yield from self._finished(started)
             yield from self._finished(started)
@@ -220,8 +222,9 @@ class Delivery:
 
     # -- making the transactions ---------------------------------------------
 
-    def _work(self, posts: Iterable[Post], started: collections.deque[_Post],
-              progress: Callable[[int], None] | None) -> Iterator[tuple[_Post, Envelope]]:
+    def _work(
+        self, posts: Iterable[Post], started: collections.deque[_Post], progress: Callable[[int], None] | None
+    ) -> Iterator[tuple[_Post, Envelope]]:
         """Every transaction of every post, in order; each post is noted in *started*."""
         for envsender, recipients, msgtext in posts:
             if isinstance(recipients, str):
@@ -248,6 +251,7 @@ class Delivery:
                     post.refused[recipient] = Failure(553, f"5.1.3 {error}")
             if len(usable) < len(recipients) and progress is not None:
                 progress(len(recipients) - len(usable))
+            envelopes: Iterable[Envelope]
             if self.connection.setting("delivery") == "bulk":
                 chunks = chunk_by_domain(usable, self.connection.setting("max_recipients"))
                 envelopes = (self._checked(Envelope(envsender, chunk, data, tuple(chunk))) for chunk in chunks)
@@ -259,8 +263,9 @@ class Delivery:
                 yield post, envelope
             post.complete = True
 
-    def _copies(self, envsender: str, recipients: list[str], data: bytes,
-                refused: dict[str, Failure]) -> Iterable[Envelope]:
+    def _copies(
+        self, envsender: str, recipients: list[str], data: bytes, refused: dict[str, Failure]
+    ) -> Iterable[Envelope]:
         connection = self.connection
         for recipient in recipients:
             envelope = self._checked(Envelope(envsender, [recipient], data, (recipient,)))
@@ -295,8 +300,9 @@ class Delivery:
         if not isinstance(error, MTAError):
             # A plugin, or mailman-mta itself, failed in a way nobody
             # foresaw: this transaction fails, temporarily; the rest go on.
-            log.error("sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients),
-                      exc_info=error)
+            log.error(
+                "sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients), exc_info=error
+            )
         failure = failure_of(error)
         return dict.fromkeys(envelope.original_recipients, failure), error, set()
 
@@ -306,16 +312,21 @@ class Delivery:
         if progress is not None:
             progress(len(envelope.original_recipients))
 
-    def _collect(self, pool: ConnectionPool, in_flight: dict[Future, tuple[_Post, Envelope]],
-                 progress: Callable[[int], None] | None) -> None:
+    def _collect(
+        self,
+        pool: ConnectionPool,
+        in_flight: dict[Future, tuple[_Post, Envelope]],
+        progress: Callable[[int], None] | None,
+    ) -> None:
         """Wait for the next transaction to be done, and record it."""
         future = pool.completed()
         while future not in in_flight:  # already recorded (see _interrupted)
             future = pool.completed()
         self._settle(future, in_flight, progress)
 
-    def _settle(self, future: Future, in_flight: dict[Future, tuple[_Post, Envelope]],
-                progress: Callable[[int], None] | None) -> None:
+    def _settle(
+        self, future: Future, in_flight: dict[Future, tuple[_Post, Envelope]], progress: Callable[[int], None] | None
+    ) -> None:
         """Record a finished transaction, then forget it (in that order, so
         that an interruption in between records it twice at worst, never
         not at all)."""
@@ -366,8 +377,13 @@ class Delivery:
 
     # -- Ctrl-C ----------------------------------------------------------
 
-    def _interrupted(self, started: collections.deque[_Post], in_flight: dict[Future, tuple[_Post, Envelope]],
-                     pool: ConnectionPool | None, progress: Callable[[int], None] | None) -> None:
+    def _interrupted(
+        self,
+        started: collections.deque[_Post],
+        in_flight: dict[Future, tuple[_Post, Envelope]],
+        pool: ConnectionPool | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         """Settle every post begun after Ctrl-C, and say QUIT everywhere."""
         for future in in_flight:
             future.cancel()
@@ -388,7 +404,7 @@ class Delivery:
         self.close()
 
     @staticmethod
-    def _cut_short(envelope: Envelope, interruption: BaseException) -> tuple[dict, BaseException, set]:
+    def _cut_short(envelope: Envelope, interruption: BaseException) -> tuple[dict, BaseException | None, set]:
         """A transaction an interruption stopped part-way: sent, perhaps.
 
         `Connection.transact` hangs the transaction's result on an
@@ -400,10 +416,16 @@ class Delivery:
             # It had finished: the interruption came after.
             return Delivery._per_recipient(envelope, result)
         maybe = result is not None and result.data_sent
-        failure = (Failure(CONNECTION_LOST, "4.4.2 interrupted after the message was sent; it may have arrived")
-                   if maybe else NOT_ATTEMPTED)
-        return dict.fromkeys(envelope.original_recipients, failure), interruption, (
-            set(envelope.original_recipients) if maybe else set())
+        failure = (
+            Failure(CONNECTION_LOST, "4.4.2 interrupted after the message was sent; it may have arrived")
+            if maybe
+            else NOT_ATTEMPTED
+        )
+        return (
+            dict.fromkeys(envelope.original_recipients, failure),
+            interruption,
+            (set(envelope.original_recipients) if maybe else set()),
+        )
 
     # -- the connections -------------------------------------------------
 

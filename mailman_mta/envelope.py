@@ -108,9 +108,7 @@ def message_bytes(message: MessageInput) -> bytes:
         BytesGenerator(buffer, mangle_from_=False, policy=message.policy.clone(linesep="\r\n")).flatten(message)
         data = buffer.getvalue()
     else:
-        raise EnvelopeError(
-            f"message must be str, bytes or email.message.Message, not {type(message).__name__}"
-        )
+        raise EnvelopeError(f"message must be str, bytes or email.message.Message, not {type(message).__name__}")
     return crlf(data)
 
 

@@ -104,7 +104,8 @@ class UnsendableMessageError(MTAError, smtplib.SMTPResponseException):
         smtplib.SMTPResponseException.__init__(self, code, message)
 
     def __str__(self) -> str:
-        return f"{self.smtp_code} {self.smtp_error}"
+        text = self.smtp_error.decode("utf-8", "replace") if isinstance(self.smtp_error, bytes) else self.smtp_error
+        return f"{self.smtp_code} {text}"
 
 
 class SMTPUTF8NotOffered(UnsendableMessageError, smtplib.SMTPNotSupportedError):

@@ -70,9 +70,7 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
     addresses_ascii = envelope.sender.isascii() and "".join(envelope.recipients).isascii()
     if not addresses_ascii:
         if not transport.has_extn("smtputf8"):
-            raise SMTPUTF8NotOffered(
-                451, f"4.6.7 an envelope address is not ASCII and {where} does not offer SMTPUTF8"
-            )
+            raise SMTPUTF8NotOffered(451, f"4.6.7 an envelope address is not ASCII and {where} does not offer SMTPUTF8")
         if "SMTPUTF8" not in declared:
             options.append("SMTPUTF8")
             declared.add("SMTPUTF8")
@@ -80,8 +78,9 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
     if not message.isascii():
         if not transport.has_extn("8bitmime"):
             raise UnsendableMessageError(
-                451, f"4.6.3 the message has 8-bit content and {where} does not offer 8BITMIME; "
-                "encode it (quoted-printable or base64) first"
+                451,
+                f"4.6.3 the message has 8-bit content and {where} does not offer 8BITMIME; "
+                "encode it (quoted-printable or base64) first",
             )
         if "BODY" not in declared:
             options.append("BODY=8BITMIME")

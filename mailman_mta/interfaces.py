@@ -24,20 +24,14 @@ class IConnection(Interface):
         "plugin such as relays may pick another than configured); otherwise the one "
         "given when the Connection was made, or else [mta] smtp_host."
     )
-    port = Attribute(
-        "The relay's TCP port: the open connection's, else the one given, else [mta] smtp_port."
-    )
+    port = Attribute("The relay's TCP port: the open connection's, else the one given, else [mta] smtp_port.")
     number = Attribute("This Connection's serial number in the process, for logs.")
     sessions_per_connection = Attribute(
         "How many sessions one connection carries before it is replaced; 0 means "
         "no limit.  The one given, or else [mta] max_sessions_per_connection."
     )
-    smtp_user = Attribute(
-        "The SMTP AUTH user name, or an empty string for no authentication."
-    )
-    smtp_pass = Attribute(
-        "The SMTP AUTH password as a `mailman_mta.secret.Secret`, or None."
-    )
+    smtp_user = Attribute("The SMTP AUTH user name, or an empty string for no authentication.")
+    smtp_pass = Attribute("The SMTP AUTH password as a `mailman_mta.secret.Secret`, or None.")
     config = Attribute("The `IConfiguration` whose layers and plugins this connection uses.")
     debug = Attribute(
         "When true, the SMTP conversation is logged at DEBUG level to the "
@@ -46,12 +40,9 @@ class IConnection(Interface):
     transport = Attribute("The open `ITransport`, or None when not connected.")
     session_count = Attribute("Sessions carried by the open connection so far.")
     connection_count = Attribute("Connections this object has opened in its lifetime.")
-    connected_at = Attribute(
-        "time.monotonic() when the open connection was made, or None."
-    )
+    connected_at = Attribute("time.monotonic() when the open connection was made, or None.")
     last_used_at = Attribute(
-        "time.monotonic() when the open connection last finished a session "
-        "(or was opened), or None."
+        "time.monotonic() when the open connection last finished a session (or was opened), or None."
     )
 
     def setting(key):
@@ -149,9 +140,7 @@ class ITransport(Interface):
     def ehlo_or_helo_if_needed():
         """Send EHLO (or HELO) unless that was done on this connection."""
 
-    esmtp_features = Attribute(
-        "The ESMTP extensions the server offered at EHLO: lower-case name -> parameters."
-    )
+    esmtp_features = Attribute("The ESMTP extensions the server offered at EHLO: lower-case name -> parameters.")
 
     def has_extn(name):
         """Return true if the server offered the ESMTP extension *name*."""
@@ -205,7 +194,5 @@ class IConfiguration(Interface):
         "The effective values converted to their types, e.g. "
         "``settings.mta.smtp_port`` is an int; recomputed after push and pop."
     )
-    hook = Attribute(
-        "The pluggy hook relay of the plugins enabled by the current layers."
-    )
+    hook = Attribute("The pluggy hook relay of the plugins enabled by the current layers.")
     active_plugins = Attribute("Name -> plugin object of the enabled plugins, in call-registration order.")

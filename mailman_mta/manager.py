@@ -148,17 +148,24 @@ class PluginRegistry:
             if entry_point is not None:
                 return entry_point.load()
         except (ImportError, AttributeError, ValueError) as error:
-            source = (f"class {class_path!r}" if class_path
-                      else "the built-in module" if name in BUILTIN_PLUGINS else "its entry point")
+            source = (
+                f"class {class_path!r}"
+                if class_path
+                else "the built-in module"
+                if name in BUILTIN_PLUGINS
+                else "its entry point"
+            )
             raise ConfigurationError(
                 f"[{section}] cannot load plugin {name!r} from {source}: {error}",
-                section=section, key="class",
+                section=section,
+                key="class",
             ) from error
         raise ConfigurationError(
             f"[{section}] is enabled, but there is no plugin called {name!r}: it is not "
             f"built in, not an entry point in the group {ENTRY_POINT_GROUP!r}, and the "
             "section has no class: key",
-            section=section, key="enabled",
+            section=section,
+            key="enabled",
         )
 
 

@@ -139,7 +139,7 @@ class ReplyReader:
 
     def _buffered_replies(self, most: int) -> list[Reply]:
         """Up to *most* one-line replies that are already buffered, parsed in one pass."""
-        replies = []
+        replies: list[Reply] = []
         position = 0
         while len(replies) < most:
             quick = self._one_line_at(position)
@@ -169,9 +169,7 @@ class ReplyReader:
             line = self._line(command)
             total += len(line) + 2
             if total > MAX_REPLY_OCTETS:
-                raise SMTPProtocolError(
-                    f"{self.where} sent a reply to {command} larger than {MAX_REPLY_OCTETS} octets"
-                )
+                raise SMTPProtocolError(f"{self.where} sent a reply to {command} larger than {MAX_REPLY_OCTETS} octets")
             this_code, more, text = self._parse(line, command)
             if code is None:
                 code = this_code
@@ -200,9 +198,7 @@ class ReplyReader:
                 break
             scanned = len(buffer)
             self._receive(command)
-        raise SMTPProtocolError(
-            f"{self.where} sent a reply line to {command} longer than {MAX_LINE_OCTETS} octets"
-        )
+        raise SMTPProtocolError(f"{self.where} sent a reply line to {command} longer than {MAX_LINE_OCTETS} octets")
 
     def _receive(self, command: str) -> None:
         """Wait for more bytes, within what is left of the reply's time.
@@ -242,12 +238,7 @@ class ReplyReader:
         """(code, more lines follow, text) of one reply line, or raise."""
         head = line[:3]
         separator = line[3:4]
-        if (
-            len(head) == 3
-            and head.isdigit()
-            and head[:1] in b"2345"
-            and separator in (b"", b" ", b"-")
-        ):
+        if len(head) == 3 and head.isdigit() and head[:1] in b"2345" and separator in (b"", b" ", b"-"):
             return int(head), separator == b"-", line[4:].strip(b" \t")
         shown = line[:60].decode("ascii", "backslashreplace")
         raise SMTPProtocolError(f"{self.where} sent a reply to {command} that is not SMTP: {shown!r}")

@@ -176,13 +176,14 @@ def failures_of(result: TransactionResult) -> dict[int, Failure]:
     recipient gets the same temporary failure.
     """
     if not result.in_step:
+        assert result.error is not None, "a transaction out of step failed"
         failure = failure_of(result.error, result.stage)
         return dict.fromkeys(range(len(result.recipients)), failure)
     failures = {}
     for index, own in enumerate(result.rcpt_replies):
         reply, error = result.outcome(index)
         if reply is not None:
-            failures[index] = judge_reply(RCPT if reply is own else result.stage, reply.code, reply.text)
+            failures[index] = judge_reply(RCPT if reply is own else result.stage or DATA, reply.code, reply.text)
         elif error is not None:
             failures[index] = failure_of(error, result.stage)
     return failures
@@ -193,7 +194,7 @@ def ending_failure(result: TransactionResult) -> Failure | None:
     if result.error is None:
         return None
     if result.reply is not None:
-        return judge_reply(result.stage, result.reply.code, result.reply.text)
+        return judge_reply(result.stage or DATA, result.reply.code, result.reply.text)
     if isinstance(result.error, smtplib.SMTPRecipientsRefused):
         return Failure(451, "4.3.0 the server refused every address the message was sent to")
     return failure_of(result.error, result.stage)

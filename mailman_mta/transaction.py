@@ -55,8 +55,12 @@ PIPELINE_OCTETS = 16 * 1024
 # The replies that mean yes to each command (RFC 5321 4.3.2; 252 at RCPT is
 # taken as 250, as some servers use it so).  Any other code below 400 makes
 # no sense there: a reply for another command, arrived out of turn.
-_SUCCESS = {MAIL: frozenset({250}), RCPT: frozenset({250, 251, 252}), DATA: frozenset({354}),
-            END_OF_DATA: frozenset({250})}
+_SUCCESS = {
+    MAIL: frozenset({250}),
+    RCPT: frozenset({250, 251, 252}),
+    DATA: frozenset({354}),
+    END_OF_DATA: frozenset({250}),
+}
 
 #: Messages shorter than this are copied once to go out in one write.
 SHORT_MESSAGE_OCTETS = 32 * 1024
@@ -69,12 +73,14 @@ DATA_CHUNK_OCTETS = 1 << 20
 class Channel(Protocol):
     """What the engine needs from a connection."""
 
-    where: str
+    @property
+    def where(self) -> str:
+        """host:port, for messages."""
 
     def write(self, data: bytes, command: str) -> None:
         """Send *data*, which starts with *command*; raise `smtplib.SMTPServerDisconnected` on failure."""
 
-    def write_data(self, segments: Iterator[bytes | memoryview]) -> None:
+    def write_data(self, segments: Iterable[bytes | memoryview]) -> None:
         """Send the message data, segment by segment."""
 
     def read_reply(self, command: str) -> Reply:
@@ -134,8 +140,9 @@ class TransactionResult:
             self.rcpt_replies = [None] * len(self.recipients)
 
     @classmethod
-    def failed(cls, sender: str, recipients: Sequence[str], error: BaseException,
-               stage: str = BEFORE, data_sent: bool = False) -> TransactionResult:
+    def failed(
+        cls, sender: str, recipients: Sequence[str], error: BaseException, stage: str = BEFORE, data_sent: bool = False
+    ) -> TransactionResult:
         """A transaction that failed before any recipient was answered."""
         return cls(sender, tuple(recipients), error=error, stage=stage, data_sent=data_sent)
 
@@ -294,7 +301,8 @@ class Transaction:
         lines = [self._mail, *self._rcpts, b"DATA\r\n"]
         names = [MAIL, *(RCPT for _ in self._rcpts), DATA]
         last = len(lines) - 1
-        mail = data = None
+        mail: Reply | None = None
+        data: Reply | None = None
         accepted = 0
         position = 0
         while position <= last:
@@ -332,6 +340,7 @@ class Transaction:
                 raise self._out_of_step(names[end - 1])
             self._reading_group = False
             position = end
+        assert mail is not None, "MAIL is always in the first group"
         transaction_open = mail.code < 400 and accepted > 0
         if transaction_open and data is not None and data.code == 354:
             return True
@@ -366,12 +375,14 @@ class Transaction:
         result = self.result
         result.stage = stage
         result.reply = reply
-        if stage == MAIL:
-            result.error = smtplib.SMTPSenderRefused(reply.code, reply.text, result.sender)
-        elif stage == RCPT:
+        if stage == RCPT:
             result.error = smtplib.SMTPRecipientsRefused(self._everyone_refused(reply))
+            return False
+        code, text = (reply.code, reply.text) if reply is not None else (451, b"no reply")
+        if stage == MAIL:
+            result.error = smtplib.SMTPSenderRefused(code, text, result.sender)
         else:
-            result.error = smtplib.SMTPDataError(reply.code, reply.text)
+            result.error = smtplib.SMTPDataError(code, text)
         return False
 
     def _everyone_refused(self, ending: Reply | None) -> dict[str, tuple[int, bytes]]:

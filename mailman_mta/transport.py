@@ -20,6 +20,7 @@ module changes is everything a hostile or broken relay could exploit:
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import hmac
@@ -81,7 +82,7 @@ def connect(connection: IConnection, host: str | None = None, port: int | None =
     )
     transport.set_debuglevel(1 if connection.debug else 0)
     transport.connect(host, port)
-    if mode == "starttls":
+    if context is not None and mode == "starttls":
         transport.starttls_or_refuse(context)
     return transport
 
@@ -203,8 +204,7 @@ class SMTPTransport(smtplib.SMTP):
         if not self.has_extn("starttls"):
             self.close()
             raise STARTTLSNotOffered(
-                f"{self.where} does not offer STARTTLS, and secure_mode is starttls: "
-                "refusing to send in plaintext"
+                f"{self.where} does not offer STARTTLS, and secure_mode is starttls: refusing to send in plaintext"
             )
         code, reply = self.docmd("STARTTLS")
         if code != 220:
@@ -216,6 +216,7 @@ class SMTPTransport(smtplib.SMTP):
                 f"{self.where} sent data after its 220 reply to STARTTLS; refusing to go on "
                 "(what was sent in plaintext could pass for replies inside TLS)"
             )
+        assert self.sock is not None, "connected, since STARTTLS was answered"
         self.sock = self._wrap(self.sock, context, self._host, self._port, "STARTTLS")
         self.file = None
         # RFC 3207: forget everything learnt before TLS; EHLO again.
@@ -355,7 +356,7 @@ class SMTPTransport(smtplib.SMTP):
 
     # -- transactions ----------------------------------------------------
 
-    def transact(self, envelope: Envelope, *, pipelining: bool = True) -> TransactionResult:
+    def transact(self, envelope: Envelope, pipelining: bool = True) -> TransactionResult:
         """Run one mail transaction for *envelope*; see `IMessageTransactions`.
 
         Says EHLO first if that has not been done.  Raises what stops the
@@ -367,7 +368,12 @@ class SMTPTransport(smtplib.SMTP):
         self.ehlo_or_helo_if_needed()
         options = esmtp.mail_options(envelope, self)
         transaction = Transaction(
-            self, envelope.sender, envelope.recipients, envelope.message, options, envelope.rcpt_options,
+            self,
+            envelope.sender,
+            envelope.recipients,
+            envelope.message,
+            options,
+            envelope.rcpt_options,
             pipelining=pipelining and "pipelining" in self.esmtp_features,
         )
         return transaction.run()
@@ -440,7 +446,7 @@ class SMTPTransport(smtplib.SMTP):
                     challenge = base64.b64decode(reply, validate=True)
                 except (binascii.Error, ValueError):
                     raise smtplib.SMTPAuthenticationError(code, b"the server's AUTH challenge is not base64") from None
-                code, reply = self.docmd(self._respond(authobject, challenge))
+                code, reply = self.docmd(self._respond(authobject, challenge) or "")
             if code in (235, 503):
                 return code, reply
             raise smtplib.SMTPAuthenticationError(code, reply)
@@ -465,8 +471,9 @@ class SMTPTransport(smtplib.SMTP):
             # Raised here, outside the handler, so that no exception
             # carrying the password hangs on to this one as its context.
             raise ConfigurationError(
-                "the SMTP user name or password cannot be sent: it is not valid text "
-                "(it holds a lone surrogate)", section="mta", key="smtp_pass",
+                "the SMTP user name or password cannot be sent: it is not valid text (it holds a lone surrogate)",
+                section="mta",
+                key="smtp_pass",
             )
         answer = base64.b64encode(octets).decode("ascii")
         self._auth_secrets.update((octets, answer.encode("ascii")))
@@ -495,7 +502,35 @@ class SMTPTransport(smtplib.SMTP):
             shown = " ".join(words[:2]) + f" {MASK}" if sent.lstrip("'\"").startswith("AUTH") else MASK
             args = ("send:", shown)
         if transcript.isEnabledFor(logging.DEBUG):
-            transcript.debug("%s %s", self.where, " ".join(map(str, args)))
+            direction, lines = _transcript_lines(args)
+            transcript.debug(
+                "%s %s",
+                self.where,
+                " ".join(map(str, args)),
+                extra={"smtp_relay": self.where, "smtp_direction": direction, "smtp_lines": lines},
+            )
+
+
+def _transcript_lines(args: tuple) -> tuple[str, list[str]]:
+    """smtplib's debug arguments as (C, S or *, the lines of the conversation they are)."""
+    kind = str(args[0]) if args else ""
+    rest = " ".join(map(str, args[1:]))
+    if kind == "send:":
+        if rest[:1] in ("'", '"'):
+            try:
+                rest = ast.literal_eval(rest)
+            except (ValueError, SyntaxError):
+                pass
+        return "C", rest.rstrip("\r\n").split("\r\n")
+    if kind == "reply:":
+        code, _, text = rest.partition(" ")
+        lines = text.split("\n")
+        return "S", [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}".rstrip()]
+    if kind == "connect:":
+        return "*", []  # the greeting, which is also logged as a reply
+    if kind == "connect: to":
+        return "*", [f"connecting to {args[1][0]}:{args[1][1]}" if len(args) > 1 else "connecting"]
+    return "*", [f"{kind} {rest}".strip()]
 
 
 classImplements(smtplib.SMTP, ITransport)

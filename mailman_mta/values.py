@@ -24,9 +24,24 @@ from .errors import EnvelopeError
 from .secret import Secret
 
 __all__ = [
-    "MAX_SECONDS", "as_count", "as_existing_directory", "as_existing_file", "as_flag", "as_host",
-    "as_host_port_list", "as_optional_address", "as_port", "as_positive_count", "as_positive_seconds",
-    "as_python_path", "as_rate", "as_seconds", "as_secret", "as_text", "as_words", "one_of",
+    "MAX_SECONDS",
+    "as_count",
+    "as_existing_directory",
+    "as_existing_file",
+    "as_flag",
+    "as_host",
+    "as_host_port_list",
+    "as_optional_address",
+    "as_port",
+    "as_positive_count",
+    "as_positive_seconds",
+    "as_python_path",
+    "as_rate",
+    "as_seconds",
+    "as_secret",
+    "as_text",
+    "as_words",
+    "one_of",
 ]
 
 
@@ -112,9 +127,7 @@ def as_flag(value: str) -> bool:
     try:
         return as_boolean(value)
     except ValueError:
-        raise ValueError(
-            f"{value!r} is not yes or no (use yes/no, true/false, on/off, 1/0)"
-        ) from None
+        raise ValueError(f"{value!r} is not yes or no (use yes/no, true/false, on/off, 1/0)") from None
 
 
 #: The longest time any setting may name: sockets cannot wait much longer
@@ -159,6 +172,7 @@ def one_of(*choices: str) -> Callable[[str], str]:
         if value not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return value
+
     return as_choice
 
 

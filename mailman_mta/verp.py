@@ -24,7 +24,6 @@ import string
 from functools import lru_cache
 
 from .addresses import mailbox_problem
-
 from .errors import MTAError
 
 #: The format Mailman and most list servers use.
@@ -69,9 +68,7 @@ def check_format(format: str) -> str:
         try:
             encode("bounces@lists.example.org", recipient, format)
         except VERPError:
-            raise VERPError(
-                f"VERP format {format!r} is ambiguous: {recipient!r} would not decode back"
-            ) from None
+            raise VERPError(f"VERP format {format!r} is ambiguous: {recipient!r} would not decode back") from None
     return format
 
 
@@ -113,7 +110,7 @@ def _regex(format: str) -> re.Pattern[str]:
     parts = []
     position = 0
     for match in string.Template.pattern.finditer(format):
-        parts.append(re.escape(format[position:match.start()]))
+        parts.append(re.escape(format[position : match.start()]))
         name = match.group("named") or match.group("braced")
         if match.group("escaped") is not None:
             parts.append(re.escape("$"))

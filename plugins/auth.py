@@ -19,9 +19,9 @@ def mta_authenticate(connection, transport):
     password = connection.smtp_pass
     if password is None:
         raise ConfigurationError(
-            f"SMTP user {user!r} has no password: give smtp_pass to the Connection "
-            "or set [mta] smtp_pass",
-            section="mta", key="smtp_pass",
+            f"SMTP user {user!r} has no password: give smtp_pass to the Connection or set [mta] smtp_pass",
+            section="mta",
+            key="smtp_pass",
         )
     transport.login(user, password.reveal())
     return True
@@ -34,5 +34,6 @@ def mta_check_config(config):
     if mta.smtp_user and not mta.smtp_pass and not others:
         raise ConfigurationError(
             "[mta] smtp_user is set but [mta] smtp_pass is empty",
-            section="mta", key="smtp_pass",
+            section="mta",
+            key="smtp_pass",
         )

@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from mailman_mta import hookimpl
 from mailman_mta.results import failures_of
@@ -43,11 +43,15 @@ COUNTERS = ("transactions", "delivered", "failed", "recipients", "accepted", "te
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("deliverylog", """
+    schema.add_section(
+        "deliverylog",
+        """
         # The file each transaction's JSON line is appended to.  Empty: log it
         # at INFO to the mailman_mta.delivery logger instead.
         path:
-        """, path=as_text)
+        """,
+        path=as_text,
+    )
 
 
 def counters() -> dict[str, int]:
@@ -69,7 +73,7 @@ def record(connection, result) -> dict:
     permanent = sum(1 for failure in failures.values() if failure.permanent)
     relay = result.relay
     return {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "relay": f"{relay[0]}:{relay[1]}" if relay else None,
         "connection": connection.number,
         "opened": connection.connection_count,
@@ -90,11 +94,13 @@ def record(connection, result) -> dict:
 def mta_delivery_result(config, connection, result):
     line = record(connection, result)
     with _lock:
-        _counters.update({
-            "transactions": 1,
-            "delivered" if result.error is None else "failed": 1,
-            **{name: line[name] for name in ("recipients", "accepted", "temporary", "permanent", "uncertain")},
-        })
+        _counters.update(
+            {
+                "transactions": 1,
+                "delivered" if result.error is None else "failed": 1,
+                **{name: line[name] for name in ("recipients", "accepted", "temporary", "permanent", "uncertain")},
+            }
+        )
         path = config.settings.deliverylog.path
         text = json.dumps(line, ensure_ascii=False)
         if path:

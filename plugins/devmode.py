@@ -19,7 +19,9 @@ from mailman_mta.values import as_flag, as_optional_address
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("devmode", """
+    schema.add_section(
+        "devmode",
+        """
         # Development mode: when enabled, every envelope recipient of every
         # message is replaced by `recipient` below, so that a test
         # installation can never deliver to real people.  The message headers
@@ -29,7 +31,10 @@ def mta_declare_config(schema):
         # Where all mail goes in development mode.  Required when `enabled`
         # is yes.
         recipient:
-        """, enabled=as_flag, recipient=as_optional_address)
+        """,
+        enabled=as_flag,
+        recipient=as_optional_address,
+    )
     schema.needs_plugin_when("devmode", "enabled", True)
 
 
@@ -46,5 +51,6 @@ def mta_check_config(config):
     if devmode.enabled and not devmode.recipient:
         raise ConfigurationError(
             "[devmode] enabled is yes but [devmode] recipient is empty: say where mail should go",
-            section="devmode", key="recipient",
+            section="devmode",
+            key="recipient",
         )

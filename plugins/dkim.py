@@ -37,7 +37,9 @@ _keys: dict[tuple[str, int, int], bytes] = {}
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("dkim", f"""
+    schema.add_section(
+        "dkim",
+        f"""
         # The signing domain (d=): the domain whose DNS publishes the key.
         domain:
 
@@ -52,7 +54,12 @@ def mta_declare_config(schema):
         # The header fields to sign, those present, separated by spaces; From
         # must be one of them (RFC 6376 5.4).
         headers: {DEFAULT_HEADERS}
-        """, domain=as_text, selector=as_text, private_key_file=as_existing_file, headers=as_words)
+        """,
+        domain=as_text,
+        selector=as_text,
+        private_key_file=as_existing_file,
+        headers=as_words,
+    )
 
 
 def _dkim():
@@ -71,8 +78,7 @@ def mta_check_config(config):
     _dkim()
     for key in ("domain", "selector", "private_key_file"):
         if not settings[key]:
-            raise ConfigurationError(f"[plugin.dkim] is enabled but [dkim] {key} is empty",
-                                     section="dkim", key=key)
+            raise ConfigurationError(f"[plugin.dkim] is enabled but [dkim] {key} is empty", section="dkim", key=key)
     for key in ("domain", "selector"):
         try:
             as_host(settings[key])
@@ -82,8 +88,11 @@ def mta_check_config(config):
         raise ConfigurationError("[dkim] headers must include From (RFC 6376 5.4)", section="dkim", key="headers")
     key = private_key(settings.private_key_file)
     if b"PRIVATE KEY-----" not in key:
-        raise ConfigurationError(f"[dkim] private_key_file {settings.private_key_file!r} holds no PEM private key",
-                                 section="dkim", key="private_key_file")
+        raise ConfigurationError(
+            f"[dkim] private_key_file {settings.private_key_file!r} holds no PEM private key",
+            section="dkim",
+            key="private_key_file",
+        )
 
 
 def private_key(path: str) -> bytes:
@@ -100,8 +109,9 @@ def private_key(path: str) -> bytes:
                 _keys.clear()
                 _keys[identity] = key
     except OSError as error:
-        raise ConfigurationError(f"[dkim] private_key_file {path!r} cannot be read: {error.strerror}",
-                                 section="dkim", key="private_key_file") from None
+        raise ConfigurationError(
+            f"[dkim] private_key_file {path!r} cannot be read: {error.strerror}", section="dkim", key="private_key_file"
+        ) from None
     return key
 
 
@@ -111,12 +121,18 @@ def signature(message: bytes, settings) -> bytes:
     present = {name.split(b":", 1)[0].strip().lower() for name in _header_lines(message)}
     headers = [name.encode("ascii") for name in settings.headers if name.lower().encode("ascii") in present]
     try:
-        return dkim.sign(message, settings.selector.encode("ascii"), settings.domain.encode("ascii"),
-                         private_key(settings.private_key_file), canonicalize=(b"relaxed", b"relaxed"),
-                         include_headers=headers)
+        return dkim.sign(
+            message,
+            settings.selector.encode("ascii"),
+            settings.domain.encode("ascii"),
+            private_key(settings.private_key_file),
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=headers,
+        )
     except dkim.DKIMException as error:
-        raise ConfigurationError(f"[dkim] cannot sign with {settings.private_key_file!r}: {error}",
-                                 section="dkim", key="private_key_file") from None
+        raise ConfigurationError(
+            f"[dkim] cannot sign with {settings.private_key_file!r}: {error}", section="dkim", key="private_key_file"
+        ) from None
 
 
 def _header_lines(message: bytes) -> list[bytes]:

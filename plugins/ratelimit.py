@@ -53,7 +53,9 @@ _buckets: dict[tuple[str, int, str, float, float], Bucket] = {}
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("ratelimit", """
+    schema.add_section(
+        "ratelimit",
+        """
         # The most messages (transactions) per second to one relay; 0 means no
         # limit.
         messages_per_second: 0
@@ -65,16 +67,26 @@ def mta_declare_config(schema):
         # After a quiet spell, how many seconds' worth of each rate may go out
         # at once.  0 spaces every transaction evenly.
         burst: 1
-        """, messages_per_second=as_rate, recipients_per_second=as_rate, burst=as_seconds)
+        """,
+        messages_per_second=as_rate,
+        recipients_per_second=as_rate,
+        burst=as_seconds,
+    )
 
 
-def reserve(relay: tuple[str, int], messages_per_second: float, recipients_per_second: float,
-            burst: float, recipients: int) -> float:
+def reserve(
+    relay: tuple[str, int], messages_per_second: float, recipients_per_second: float, burst: float, recipients: int
+) -> float:
     """Reserve one transaction of *recipients* to *relay*; return the seconds to wait first."""
     host, port = relay
-    wanted = [(kind, rate, cost) for kind, rate, cost in
-              (("messages", messages_per_second, 1), ("recipients", recipients_per_second, recipients))
-              if rate > 0]
+    wanted = [
+        (kind, rate, cost)
+        for kind, rate, cost in (
+            ("messages", messages_per_second, 1),
+            ("recipients", recipients_per_second, recipients),
+        )
+        if rate > 0
+    ]
     if not wanted:
         return 0.0
     now = clock()
@@ -101,5 +113,13 @@ def forget() -> None:
 @hookimpl
 def mta_pace_transaction(config, connection, envelope):
     limits = config.settings.ratelimit
-    return reserve((connection.host, connection.port), limits.messages_per_second,
-                   limits.recipients_per_second, limits.burst, len(envelope.recipients)) or None
+    return (
+        reserve(
+            (connection.host, connection.port),
+            limits.messages_per_second,
+            limits.recipients_per_second,
+            limits.burst,
+            len(envelope.recipients),
+        )
+        or None
+    )

@@ -43,7 +43,9 @@ _down_until: dict[tuple[str, int], float] = {}
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("relays", """
+    schema.add_section(
+        "relays",
+        """
         # The relays to send through, in order of preference, separated by
         # spaces: host:port, or [IPv6 address]:port.
         hosts:
@@ -51,14 +53,20 @@ def mta_declare_config(schema):
         # Seconds a relay that refused a connection (or greeted with 421 or
         # 554) is skipped before it is tried again.
         down_time: 60
-        """, hosts=as_host_port_list, down_time=as_seconds)
+        """,
+        hosts=as_host_port_list,
+        down_time=as_seconds,
+    )
 
 
 @hookimpl
 def mta_check_config(config):
     if not config.settings.relays.hosts:
-        raise ConfigurationError("[plugin.relays] is enabled but [relays] hosts is empty: name at least one relay",
-                                 section="relays", key="hosts")
+        raise ConfigurationError(
+            "[plugin.relays] is enabled but [relays] hosts is empty: name at least one relay",
+            section="relays",
+            key="hosts",
+        )
 
 
 def down_relays() -> list[tuple[str, int]]:

@@ -13,7 +13,9 @@ from mailman_mta import hookimpl, verp
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("verp", """
+    schema.add_section(
+        "verp",
+        """
         # The envelope sender of each copy in `[mta] delivery: verp`, as a
         # template of $bounces and $bounces_domain (the two halves of the
         # sender given to Delivery) and $local and $domain (the
@@ -21,7 +23,9 @@ def mta_declare_config(schema):
         # checked when a layer sets it; use a delimiter that cannot appear
         # in a domain name, such as "=".
         format: $bounces+$local=$domain@$bounces_domain
-        """, format=verp.check_format)
+        """,
+        format=verp.check_format,
+    )
     schema.needs_plugin_when("mta", "delivery", "verp")
 
 

@@ -33,7 +33,9 @@ from mailman_mta.values import as_positive_seconds, as_python_path, as_text
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("xoauth2", """
+    schema.add_section(
+        "xoauth2",
+        """
         # A command whose standard output is the access token, split into
         # words as a shell would but run without one.  Run once for every new
         # connection.
@@ -45,7 +47,11 @@ def mta_declare_config(schema):
 
         # Seconds token_command may take.
         token_timeout: 30
-        """, token_command=as_text, token_callable=as_python_path, token_timeout=as_positive_seconds)
+        """,
+        token_command=as_text,
+        token_callable=as_python_path,
+        token_timeout=as_positive_seconds,
+    )
 
 
 @hookimpl
@@ -54,13 +60,16 @@ def mta_check_config(config):
     if bool(settings.token_command) == bool(settings.token_callable):
         raise ConfigurationError(
             "[plugin.xoauth2] is enabled: set exactly one of [xoauth2] token_command and token_callable",
-            section="xoauth2", key="token_command")
+            section="xoauth2",
+            key="token_command",
+        )
     if settings.token_command:
         try:
             shlex.split(settings.token_command)
         except ValueError as error:
-            raise ConfigurationError(f"[xoauth2] token_command cannot be split into words: {error}",
-                                     section="xoauth2", key="token_command") from None
+            raise ConfigurationError(
+                f"[xoauth2] token_command cannot be split into words: {error}", section="xoauth2", key="token_command"
+            ) from None
 
 
 def fetch_token(settings, user: str) -> Secret:
@@ -69,26 +78,33 @@ def fetch_token(settings, user: str) -> Secret:
         try:
             function = pkgutil.resolve_name(settings.token_callable)
         except (ImportError, AttributeError, ValueError) as error:
-            raise ConfigurationError(f"[xoauth2] token_callable cannot be loaded: {error}",
-                                     section="xoauth2", key="token_callable") from None
+            raise ConfigurationError(
+                f"[xoauth2] token_callable cannot be loaded: {error}", section="xoauth2", key="token_callable"
+            ) from None
         token = function(user)
     else:
         words = shlex.split(settings.token_command)
         try:
             done = subprocess.run(words, capture_output=True, timeout=settings.token_timeout, check=False)
         except (OSError, subprocess.TimeoutExpired) as error:
-            raise ConfigurationError(f"[xoauth2] token_command {words[0]!r} could not be run: {error}",
-                                     section="xoauth2", key="token_command") from None
+            raise ConfigurationError(
+                f"[xoauth2] token_command {words[0]!r} could not be run: {error}",
+                section="xoauth2",
+                key="token_command",
+            ) from None
         if done.returncode != 0:
             # Its output is not shown: it may hold a token or a secret.
             raise ConfigurationError(
                 f"[xoauth2] token_command {words[0]!r} failed with exit status {done.returncode}",
-                section="xoauth2", key="token_command")
+                section="xoauth2",
+                key="token_command",
+            )
         token = done.stdout.decode("utf-8", "replace")
     token = str(token.reveal() if isinstance(token, Secret) else token).strip()
     if not token or any(c.isspace() or not c.isprintable() for c in token):
-        raise ConfigurationError("[xoauth2] the access token is empty or not one printable word",
-                                 section="xoauth2", key="token_command")
+        raise ConfigurationError(
+            "[xoauth2] the access token is empty or not one printable word", section="xoauth2", key="token_command"
+        )
     return Secret(token)
 
 
@@ -101,13 +117,15 @@ def initial_response(user: str, token: Secret) -> str:
 def mta_authenticate(config, connection, transport):
     user = connection.smtp_user
     if not user:
-        raise ConfigurationError("[plugin.xoauth2] is enabled but there is no user name: set [mta] smtp_user",
-                                 section="mta", key="smtp_user")
+        raise ConfigurationError(
+            "[plugin.xoauth2] is enabled but there is no user name: set [mta] smtp_user", section="mta", key="smtp_user"
+        )
     transport.ehlo_or_helo_if_needed()
     offered = transport.esmtp_features.get("auth", "").upper().split()
     if "XOAUTH2" not in offered:
         raise smtplib.SMTPNotSupportedError(
-            f"the relay does not offer AUTH XOAUTH2 (it offers: {' '.join(offered) or 'no AUTH'})")
+            f"the relay does not offer AUTH XOAUTH2 (it offers: {' '.join(offered) or 'no AUTH'})"
+        )
     token = fetch_token(config.settings.xoauth2, user)
     errors = []
 
@@ -126,7 +144,8 @@ def mta_authenticate(config, connection, transport):
     except smtplib.SMTPAuthenticationError as error:
         if errors and errors[0]:
             raise smtplib.SMTPAuthenticationError(
-                error.smtp_code, error.smtp_error + f" (token refused: {errors[0]})".encode()) from None
+                error.smtp_code, error.smtp_error + f" (token refused: {errors[0]})".encode()
+            ) from None
         raise
     return True
 

@@ -145,32 +145,34 @@ class Schema:
         if name in RESERVED or name.split(".", 1)[0] in RESERVED or not _SECTION_NAME.match(name):
             raise ConfigurationError(
                 f"{where}: a plugin's section needs a name of its own, three or more letters, "
-                f"digits, '_' or '-' (not {', '.join(RESERVED)})", section=name)
+                f"digits, '_' or '-' (not {', '.join(RESERVED)})",
+                section=name,
+            )
         if name in self.owners:
-            raise ConfigurationError(
-                f"{where}, but plugin {self.owners[name]!r} already did", section=name)
+            raise ConfigurationError(f"{where}, but plugin {self.owners[name]!r} already did", section=name)
         body = textwrap.dedent(body).strip("\n")
         parser = configparser.RawConfigParser(interpolation=None)
         try:
             parser.read_string(f"[{name}]\n{body}\n", source=f"plugin {plugin!r}")
         except configparser.Error as error:
-            raise ConfigurationError(f"{where}: its text is not 'key: default' lines: {error}",
-                                     section=name) from None
+            raise ConfigurationError(f"{where}: its text is not 'key: default' lines: {error}", section=name) from None
         if parser.sections() != [name]:
             raise ConfigurationError(f"{where}: add one section per call, without its [header]", section=name)
         defaults = dict(parser.items(name))
         for key, convert in types.items():
             if key not in defaults:
-                raise ConfigurationError(f"{where}: a type is given for {key!r}, which has no default",
-                                         section=name, key=key)
+                raise ConfigurationError(
+                    f"{where}: a type is given for {key!r}, which has no default", section=name, key=key
+                )
             if not callable(convert):
                 raise ConfigurationError(f"{where}: the type of {key!r} is not callable", section=name, key=key)
         for key, default in defaults.items():
             try:
                 types.get(key, as_text)(default)
             except ValueError as error:
-                raise ConfigurationError(f"{where}: the default of {key!r} is refused by its type: {error}",
-                                         section=name, key=key) from None
+                raise ConfigurationError(
+                    f"{where}: the default of {key!r} is refused by its type: {error}", section=name, key=key
+                ) from None
         self.owners[name] = plugin
         self.types[name] = dict(types)
         self._texts.append(f"[{name}]\n{body}\n")
@@ -179,7 +181,10 @@ class Schema:
         if section != "mta" and self.owners.get(section) != plugin:
             raise ConfigurationError(
                 f"plugin {plugin!r} makes [{section}] {key} depend on it, but only [mta] and "
-                "the plugin's own sections can be", section=section, key=key)
+                "the plugin's own sections can be",
+                section=section,
+                key=key,
+            )
         self.requirements.append(Requirement(plugin, section, key, value))
 
 
@@ -192,8 +197,9 @@ class PluginSchema:
         self._schema = schema
         self.plugin = plugin
 
-    def add_section(self, name: str, body: str, /, types: Mapping[str, Converter] | None = None,
-                    **more_types: Converter) -> None:
+    def add_section(
+        self, name: str, body: str, /, types: Mapping[str, Converter] | None = None, **more_types: Converter
+    ) -> None:
         """Declare the section ``[name]``: *body* is its keys with their defaults.
 
         *body* is lazr.config schema text without the ``[name]`` header:

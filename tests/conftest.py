@@ -26,7 +26,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; in CI every test must run", red=True)
         for report in skipped:
-            reporter.write_line(f"  skipped: {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+            reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+            reporter.write_line(f"  skipped: {report.nodeid}: {reason}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -38,6 +39,7 @@ from mailman_mta import hookimpl
 def mta_prepare_message(envelope):
     envelope.message = b"X-Shout: yes\\r\\n" + envelope.message
 '''
+
 
 class Site:
     """A folder on sys.path where a test installs modules and distributions."""
@@ -150,4 +152,5 @@ def pytest_terminal_summary(terminalreporter) -> None:
             "GNU Mailman 3.3.10 mta suite on mailman-mta's Connection: "
             f"{counts.get('mailman_passed', '?')} of {counts.get('mailman_tests', '?')} passed, "
             f"{counts.get('mailman_excluded', '?')} excluded; our outgoing tests in Mailman's layers: "
-            f"{counts.get('outgoing_passed', '?')} of {counts.get('outgoing_tests', '?')} passed")
+            f"{counts.get('outgoing_passed', '?')} of {counts.get('outgoing_tests', '?')} passed"
+        )

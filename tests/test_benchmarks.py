@@ -12,9 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_benchmarks_run_and_report_every_client(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--peers", "sink,3 ms",
-         "--json", str(tmp_path / "results.json"), "--chart", str(tmp_path / "results.png")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--peers",
+            "sink,3 ms",
+            "--json",
+            str(tmp_path / "results.json"),
+            "--chart",
+            str(tmp_path / "results.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]

@@ -15,14 +15,25 @@ from pathlib import Path
 import pytest
 
 from mailman_mta.errors import (
-    ConfigurationError, MTAConnectionError, SMTPProtocolError, SMTPTimeoutError, TLSError, UnsendableMessageError,
+    ConfigurationError,
+    MTAConnectionError,
+    SMTPProtocolError,
+    SMTPTimeoutError,
+    TLSError,
+    UnsendableMessageError,
 )
 from mailman_mta.results import failure_of, judge_reply
 from mailman_mta.transaction import DATA, END_OF_DATA, MAIL, RCPT
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "failures.rst"
-STAGES = {"greeting": ["greeting"], "mail": [MAIL], "rcpt": [RCPT], "data": [DATA], "end of data": [END_OF_DATA],
-          "any": [MAIL, RCPT, DATA, END_OF_DATA]}
+STAGES = {
+    "greeting": ["greeting"],
+    "mail": [MAIL],
+    "rcpt": [RCPT],
+    "data": [DATA],
+    "end of data": [END_OF_DATA],
+    "any": [MAIL, RCPT, DATA, END_OF_DATA],
+}
 
 
 def table_rows(name: str) -> list[list[str]]:
@@ -35,8 +46,7 @@ def table_rows(name: str) -> list[list[str]]:
     spans = [match.span() for match in re.finditer(r"=+", lines[top])]
     rows: list[list[str]] = []
     for line in lines[below_header + 1 : bottom]:
-        cells = [line[begin:end if i < len(spans) - 1 else None].strip()
-                 for i, (begin, end) in enumerate(spans)]
+        cells = [line[begin : end if i < len(spans) - 1 else None].strip() for i, (begin, end) in enumerate(spans)]
         if cells[2] or not rows:
             rows.append(cells)
         else:  # a cell continued on the next line

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
+import json
 import re
-
 import smtplib
 import ssl
 import subprocess
 import sys
+import threading
 
 import pytest
 import trustme
@@ -62,8 +64,19 @@ def test_demo_over_several_connections():
 
 
 def test_demo_follows_the_layers():
-    result = run("-o", "mta.delivery=verp", "-o", "devmode.enabled=yes", "-o", "devmode.recipient=dev@example.com",
-                 "demo", "-n", "2", "-m", "3")
+    result = run(
+        "-o",
+        "mta.delivery=verp",
+        "-o",
+        "devmode.enabled=yes",
+        "-o",
+        "devmode.recipient=dev@example.com",
+        "demo",
+        "-n",
+        "2",
+        "-m",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     assert "6 sent, 6 received" in result.output
     assert "verp" in result.output
@@ -75,8 +88,19 @@ def test_demo_follows_the_layers():
 def test_send_delivers_files_and_stdin(mta_smtpd, eml, tmp_path):
     members = tmp_path / "members.txt"
     members.write_text("# the list\ncate@example.org\n\ndave@example.net  # moderator\n")
-    result = run(*at(mta_smtpd), "send", "-f", "list-bounces@example.com", "-t", "bart@example.com",
-                 "--to-file", str(members), eml, "-", input=MESSAGE)
+    result = run(
+        *at(mta_smtpd),
+        "send",
+        "-f",
+        "list-bounces@example.com",
+        "-t",
+        "bart@example.com",
+        "--to-file",
+        str(members),
+        eml,
+        "-",
+        input=MESSAGE,
+    )
     assert result.exit_code == 0, result.output
     assert "post.eml: 3 accepted, 0 refused, 1 transaction(s)" in result.output
     assert "-: 3 accepted, 0 refused" in result.output
@@ -85,15 +109,30 @@ def test_send_delivers_files_and_stdin(mta_smtpd, eml, tmp_path):
 
 
 def test_send_with_verp_sends_one_copy_each(mta_smtpd, eml):
-    result = run(*at(mta_smtpd), "-o", "mta.delivery=verp", "send", "-f", "bounces@lists.example.org",
-                 "-t", "anne@example.com", "-t", "bart@example.com", eml)
+    result = run(
+        *at(mta_smtpd),
+        "-o",
+        "mta.delivery=verp",
+        "send",
+        "-f",
+        "bounces@lists.example.org",
+        "-t",
+        "anne@example.com",
+        "-t",
+        "bart@example.com",
+        eml,
+    )
     assert result.exit_code == 0, result.output
     assert sorted(r.mail_from for r in mta_smtpd.received) == [
-        "bounces+anne=example.com@lists.example.org", "bounces+bart=example.com@lists.example.org"]
+        "bounces+anne=example.com@lists.example.org",
+        "bounces+bart=example.com@lists.example.org",
+    ]
 
 
-@pytest.mark.parametrize("reply, status, kind", [("550 5.1.1 No such user", 1, "permanent"),
-                                                 ("450 4.2.1 Try later", EXIT_TEMPFAIL, "temporary")])
+@pytest.mark.parametrize(
+    "reply, status, kind",
+    [("550 5.1.1 No such user", 1, "permanent"), ("450 4.2.1 Try later", EXIT_TEMPFAIL, "temporary")],
+)
 def test_send_reports_refused_recipients(mta_smtpd, eml, reply, status, kind):
     mta_smtpd.refuse_recipient("gone@example.com", reply)
     result = run(*at(mta_smtpd), "send", "-f", "a@example.com", "-t", "b@example.com", "-t", "gone@example.com", eml)
@@ -106,27 +145,56 @@ def test_send_reports_refused_recipients(mta_smtpd, eml, reply, status, kind):
 def test_send_to_an_unreachable_mta_is_one_line(eml):
     with CountingSMTPServer() as server:
         port = server.port
-    result = run("-o", f"mta.smtp_port={port}", "-o", "mta.smtp_host=127.0.0.1", "send", "-f", "a@example.com",
-                 "-t", "b@example.com", eml)
+    result = run(
+        "-o",
+        f"mta.smtp_port={port}",
+        "-o",
+        "mta.smtp_host=127.0.0.1",
+        "send",
+        "-f",
+        "a@example.com",
+        "-t",
+        "b@example.com",
+        eml,
+    )
     assert result.exit_code == EXIT_TEMPFAIL
-    assert one_line(result) == (f"Error: {eml}: not delivered to any recipient: 444 4.4.2 cannot connect to "
-                                f"127.0.0.1:{port}: Connection refused")
+    assert one_line(result) == (
+        f"Error: {eml}: not delivered to any recipient: 444 4.4.2 cannot connect to "
+        f"127.0.0.1:{port}: Connection refused"
+    )
 
 
-@pytest.mark.parametrize("args, status, words", [
-    (["send", "-f", "a@example.com", "-t", "b@example.com", "missing.eml"], 1, "cannot read message missing.eml: No such file"),
-    (["send", "-f", "a@example.com", "-t", "b c@example.com", "x.eml"], 2, "Invalid value for '-t' / '--to': recipient 'b c@example.com' is not an envelope address: the local part 'b c' contains ' '"),
-    (["send", "-f", "a@example.com\r\n", "-t", "b@example.com", "x.eml"], 2, "sender 'a@example.com\\r\\n' is not an envelope address: it contains '\\r', a control character"),
-    (["send", "-f", "a@example.com", "x.eml"], 2, "no recipients: give --to or --to-file"),
-    (["send", "--bogus"], 2, "No such option '--bogus' (see 'mailman-mta send --help')"),
-    (["frobnicate"], 2, "No such command 'frobnicate'"),
-    (["-o", "mta.smtp_port=abc", "config"], 1, "config layer '-o': [mta] smtp_port: 'abc' is not a port number"),
-    (["-o", "smtp_port=25", "config"], 2, "'smtp_port=...' is not section.key=value"),
-    (["-o", "mta.smtp_pass s3cret", "config"], 2, "'mta.smtp_pass ...' is not section.key=value"),
-    (["-c", "nowhere.cfg", "config"], 1, "cannot read config file 'nowhere.cfg'"),
-    (["-o", "plugin.smtp.enabled=no", "check"], 1, "NoTransportError: no enabled plugin opened a connection"),
-    (["send", "-f", "a@example.com", "--to-file", "nowhere.txt", "x.eml"], 2, "cannot read nowhere.txt"),
-])
+@pytest.mark.parametrize(
+    "args, status, words",
+    [
+        (
+            ["send", "-f", "a@example.com", "-t", "b@example.com", "missing.eml"],
+            66,
+            "cannot read message missing.eml: No such file",
+        ),
+        (
+            ["send", "-f", "a@example.com", "-t", "b c@example.com", "x.eml"],
+            2,
+            "Invalid value for '-t' / '--to': recipient 'b c@example.com' is not an envelope address: "
+            "the local part 'b c' contains ' '",
+        ),
+        (
+            ["send", "-f", "a@example.com\r\n", "-t", "b@example.com", "x.eml"],
+            2,
+            "sender 'a@example.com\\r\\n' is not an envelope address: it contains '\\r', a control character",
+        ),
+        (["send", "-f", "a@example.com", "x.eml"], 2, "no recipients: give --to or --to-file"),
+        (["send", "--bogus"], 2, "No such option '--bogus'"),
+        (["frobnicate"], 2, "No such command 'frobnicate'"),
+        (["-o", "mta.smtp_port=abc", "config"], 78, "config layer '-o': [mta] smtp_port: 'abc' is not a port number"),
+        (["config", "-o", "mta.smtp_port=abc"], 78, "config layer '-o (after config)': [mta] smtp_port: 'abc' is not"),
+        (["-o", "smtp_port=25", "config"], 2, "'smtp_port=...' is not section.key=value"),
+        (["-o", "mta.smtp_pass s3cret", "config"], 2, "'mta.smtp_pass ...' is not section.key=value"),
+        (["-c", "nowhere.cfg", "config"], 78, "cannot read config file 'nowhere.cfg'"),
+        (["-o", "plugin.smtp.enabled=no", "check"], 78, "Error: no enabled plugin opened a connection"),
+        (["send", "-f", "a@example.com", "--to-file", "nowhere.txt", "x.eml"], 2, "cannot read nowhere.txt"),
+    ],
+)
 def test_user_errors_are_one_line(args, status, words):
     result = CliRunner(env={"COLUMNS": "250"}).invoke(main, args, prog_name="mailman-mta")
     assert result.exit_code == status, result.output
@@ -139,7 +207,8 @@ def test_debug_shows_the_traceback():
     result = run("--debug", "-o", "mta.smtp_host=127.0.0.1", "-o", f"mta.smtp_port={port}", "check")
     assert isinstance(result.exception, MTAConnectionError)
     plain = run("-o", "mta.smtp_host=127.0.0.1", "-o", f"mta.smtp_port={port}", "check")
-    assert one_line(plain).startswith("Error: MTAConnectionError: cannot connect to 127.0.0.1:")
+    assert one_line(plain).startswith("Error: cannot connect to 127.0.0.1:")
+    assert plain.exit_code == EXIT_TEMPFAIL
 
 
 # -- config and plugins --------------------------------------------------
@@ -161,8 +230,11 @@ def test_config_shows_values_and_their_layers(tmp_path):
 def test_plugins_lists_what_exists_and_what_is_active(shout_distribution):
     result = run("plugins")
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
-            for line in result.output.splitlines() if line.count("│") >= 4}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+        for line in result.output.splitlines()
+        if line.count("│") >= 4
+    }
     assert rows["devmode"] == ["yes", "built-in", "mta_check_config, mta_declare_config, mta_rewrite_recipients"]
     assert rows["shout"] == ["no", "entry point mta_test_shout from mta-shout 1.0", "mta_prepare_message"]
     enabled = run("-o", "plugin.shout.enabled=yes", "plugins")
@@ -190,8 +262,8 @@ def test_check_reports_extensions_and_auth(mta_smtpd):
 
 def test_check_reports_failed_auth(mta_smtpd):
     result = run(*at(mta_smtpd), "-o", "mta.smtp_user=testuser", "-o", "mta.smtp_pass=wrong", "check")
-    assert result.exit_code == 1
-    assert "auth        FAILED as testuser: SMTPAuthenticationError: 535 5.7.8" in result.output
+    assert result.exit_code == 77, "the same status as send gives a refused login"
+    assert "auth        FAILED as testuser: the relay refused the login: 535 5.7.8" in result.output
     assert "wrong" not in result.output
 
 
@@ -212,7 +284,10 @@ def test_check_reports_tls(tmp_path):
 def test_sink_prints_what_arrives():
     sink = subprocess.Popen(
         [sys.executable, "-m", "mailman_mta", "sink", "--port", "0", "--count", "2", "--seconds", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"COLUMNS": "250", "PATH": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"COLUMNS": "250", "PATH": ""},
     )
     try:
         first = sink.stdout.readline()
@@ -227,12 +302,287 @@ def test_sink_prints_what_arrives():
         sink.wait()
     assert sink.returncode == 0, errors
     lines = output.splitlines()
-    assert lines[0].startswith("#1 from anne@example.com to bart@example.com (") and "cli" in lines[0]
-    assert lines[1].startswith("#2 from anne@example.com to cate@example.com, dave@example.com")
+    assert lines[0].startswith("#1 from anne@example.com, 1 recipient(s), ") and "'cli'" in lines[0]
+    assert lines[0].endswith("(connections so far: 1)")
+    assert lines[1:5] == [
+        "    to bart@example.com",
+        f"#2 from anne@example.com, 2 recipient(s), {len(MESSAGE)} bytes, subject 'cli' (connections so far: 1)",
+        "    to cate@example.com",
+        "    to dave@example.com",
+    ]
     assert lines[-1] == "received 2 message(s) over 1 connection(s)"
 
 
 def test_the_module_runs_as_a_program():
-    result = subprocess.run([sys.executable, "-m", "mailman_mta", "--version"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailman_mta", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "mailman-mta, version 0.1.0"
+
+
+# -- the habits of swaks and postconf users (issue #12) ----------------------
+
+
+def test_send_reaches_a_server_without_a_config_file(mta_smtpd, eml):
+    result = run(
+        "send", "-s", f"{mta_smtpd.hostname}:{mta_smtpd.port}", "-f", "a@example.com", "-t", "b@example.com", eml
+    )
+    assert result.exit_code == 0, result.output
+    assert mta_smtpd.received[0].rcpt_tos == ("b@example.com",)
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("mx.example.com", ("mx.example.com", None)),
+        ("mx.example.com:587", ("mx.example.com", 587)),
+        ("[::1]:2525", ("::1", 2525)),
+        ("[2001:db8::1]", ("2001:db8::1", None)),
+    ],
+)
+def test_server_is_written_as_swaks_writes_it(server, expected):
+    from mailman_mta.cli import _host_and_port
+
+    assert _host_and_port(server) == expected
+
+
+def test_a_bad_server_is_a_usage_error(eml):
+    result = run("send", "-s", "mx.example.com:99999", "-f", "a@example.com", "-t", "b@example.com", eml)
+    assert result.exit_code == 2
+    assert "'99999' is not a port number" in one_line(result)
+
+
+def test_layers_may_follow_the_command(mta_smtpd, eml):
+    result = run(
+        "send",
+        "-f",
+        "a@example.com",
+        "-t",
+        "b@example.com",
+        "-o",
+        f"mta.smtp_port={mta_smtpd.port}",
+        "-o",
+        f"mta.smtp_host={mta_smtpd.hostname}",
+        eml,
+    )
+    assert result.exit_code == 0, result.output
+    shown = run("-o", "mta.smtp_port=2500", "config", "-o", "mta.smtp_port=2600", "mta.smtp_port", "--origin")
+    assert shown.output.strip() == "2600 (from -o (after config))"
+
+
+def test_user_takes_the_password_from_the_environment_or_a_prompt(mta_smtpd, eml, caplog):
+    relay = ["-s", f"{mta_smtpd.hostname}:{mta_smtpd.port}", "--user", "testuser"]
+    from_env = CliRunner(env={"MAILMAN_MTA_PASSWORD": "testpass"}).invoke(
+        main, ["send", *relay, "-f", "a@example.com", "-t", "b@example.com", eml]
+    )
+    assert from_env.exit_code == 0, from_env.output
+    prompted = run("send", *relay, "-f", "a@example.com", "-t", "b@example.com", eml, input=b"testpass\n")
+    assert prompted.exit_code == 0, prompted.output
+    assert "Password for testuser" in prompted.output and "testpass" not in prompted.output
+    assert [m.authenticated_as for m in mta_smtpd.received] == ["testuser", "testuser"]
+    from_stdin = run("send", *relay, "-f", "a@example.com", "-t", "b@example.com", "-", input=MESSAGE)
+    assert from_stdin.exit_code == 2
+    assert "set MAILMAN_MTA_PASSWORD" in one_line(from_stdin)
+
+
+def test_starttls_refused_is_the_same_status_in_send_and_check(mta_smtpd, eml):
+    relay = ["-s", f"{mta_smtpd.hostname}:{mta_smtpd.port}", "--starttls"]
+    sent = run("send", *relay, "-f", "a@example.com", "-t", "b@example.com", eml)
+    checked = run("check", *relay)
+    assert sent.exit_code == checked.exit_code == EXIT_TEMPFAIL
+    assert "does not offer STARTTLS" in sent.output and "does not offer STARTTLS" in checked.output
+    assert mta_smtpd.received == []
+
+
+def test_a_refused_login_is_77_in_send_and_check(mta_smtpd, eml):
+    relay = ["-s", f"{mta_smtpd.hostname}:{mta_smtpd.port}", "--user", "testuser"]
+    environment = {"MAILMAN_MTA_PASSWORD": "wrong"}
+    sent = CliRunner(env=environment).invoke(main, ["send", *relay, "-f", "a@example.com", "-t", "b@example.com", eml])
+    checked = CliRunner(env=environment).invoke(main, ["check", *relay])
+    assert (sent.exit_code, checked.exit_code) == (77, 77), sent.output + checked.output
+    assert "wrong" not in sent.output + checked.output
+
+
+def test_transcript_shows_the_conversation_with_secrets_masked(mta_smtpd, eml):
+    result = CliRunner(env={"MAILMAN_MTA_PASSWORD": "testpass", "COLUMNS": "250"}).invoke(
+        main,
+        [
+            "send",
+            "-s",
+            f"{mta_smtpd.hostname}:{mta_smtpd.port}",
+            "--user",
+            "testuser",
+            "--transcript",
+            "-f",
+            "a@example.com",
+            "-t",
+            "b@example.com",
+            eml,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"*: connecting to {mta_smtpd.hostname}:{mta_smtpd.port}" in lines
+    assert "S: 220 localhost Python SMTP 1.4.6" in lines[1]
+    assert "C: AUTH PLAIN ***" in lines and "S: 250-PIPELINING" in lines
+    assert f"C: MAIL FROM:<a@example.com> SIZE={len(MESSAGE)}" in lines and "C: RCPT TO:<b@example.com>" in lines
+    assert lines.index("C: DATA") < lines.index("S: 354 End data with <CR><LF>.<CR><LF>")
+    assert "testpass" not in result.output and "dGVzdHBhc3M" not in result.output
+    checked = run("check", "-s", f"{mta_smtpd.hostname}:{mta_smtpd.port}", "--transcript")
+    assert "C: quit" in checked.output
+
+
+def test_config_prints_one_value_the_changes_or_json(mta_smtpd):
+    assert run("config", "mta.smtp_port").output == "25\n"
+    assert run("config", "--origin", "plugin.devmode.enabled").output == "yes (from default)\n"
+    changed = run("-o", "mta.smtp_port=2525", "-o", "mta.smtp_pass=hunter2", "config", "--changed")
+    rows = [line for line in changed.output.splitlines() if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["smtp_port", "smtp_pass"]
+    assert "hunter2" not in changed.output
+    as_json = json.loads(run("-o", "mta.smtp_pass=hunter2", "config", "--json").output)
+    assert {"section": "mta", "key": "smtp_pass", "value": "Secret('***')", "origin": "-o"} in as_json
+    assert json.loads(run("config", "--json", "ratelimit.burst").output)["value"] == "1"
+    unknown = run("config", "mta.smtp_prot")
+    assert unknown.exit_code == 2 and "there is no key 'mta.smtp_prot'" in one_line(unknown)
+
+
+def test_square_brackets_are_printed_as_they_are(mta_smtpd):
+    result = run("-o", "mta.smtp_user=x", "config")
+    assert result.exit_code == 78
+    assert one_line(result) == ("Error: config layer '-o': [mta] smtp_user is set but [mta] smtp_pass is empty")
+    table = run("config")
+    assert "│ [mta]" in table.output and "│ [plugin.smtp]" in table.output
+
+
+def test_an_interrupted_send_says_who_got_it_and_exits_130(mta_smtpd, tmp_path):
+    """Ctrl-C while the second message is under way: the first went, the second may or may not."""
+    first, second = tmp_path / "one.eml", tmp_path / "two.eml"
+    first.write_bytes(MESSAGE)
+    second.write_bytes(MESSAGE)
+    mta_smtpd.script("END-OF-DATA", delay=0.0)
+    mta_smtpd.script("END-OF-DATA", delay=5.0)
+    fired = []
+
+    def interrupt(message):
+        if not fired:
+            fired.append(message)
+            threading.Timer(0.3, _thread.interrupt_main).start()
+
+    mta_smtpd.on_message = interrupt
+    result = run(
+        "-o",
+        "mta.max_connections=1",
+        "send",
+        "-s",
+        f"{mta_smtpd.hostname}:{mta_smtpd.port}",
+        "-f",
+        "a@example.com",
+        "-t",
+        "b@example.com",
+        str(first),
+        str(second),
+        str(first),
+    )
+    assert result.exit_code == 130, result.output
+    out = result.output
+    assert f"{first}: 1 got it, 0 refused, 0 may have, 0 not attempted" in out
+    assert f"{second}: 0 got it, 0 refused, 1 may have, 0 not attempted" in out
+    assert "  may have: b@example.com" in out
+    assert out.rstrip().endswith(
+        f"{first}: 0 got it, 0 refused, 0 may have, 1 not attempted\n  not attempted: b@example.com"
+    ) or out.rstrip().endswith(f"{first}: not sent to anyone"), "the third message was begun (looked ahead) or not"
+
+
+def _shell(command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_a_closed_stdout_or_stdin_is_a_one_line_error(eml):
+    program = f"{sys.executable} -m mailman_mta"
+    closed_out = _shell(f"{program} config >&-")
+    assert closed_out.returncode == 74
+    assert closed_out.stderr.strip() == "Error: standard output is closed, so there is nowhere to write"
+    closed_in = _shell(f"{program} send -s 127.0.0.1:9 -f a@example.com -t b@example.com - <&-")
+    assert closed_in.returncode == 66
+    assert closed_in.stderr.strip() == "Error: standard input is closed, and '-' asks to read a message from it"
+
+
+def test_sink_saves_refuses_and_fails_as_told_and_send_reaches_it_with_a_transcript(tmp_path, eml):
+    """Real processes: a sink rehearsing failures, and send --server --transcript against it."""
+    saved = tmp_path / "saved"
+    sink = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailman_mta",
+            "sink",
+            "--port",
+            "0",
+            "--count",
+            "1",
+            "--seconds",
+            "30",
+            "--save-dir",
+            str(saved),
+            "--reject",
+            "*@gone.example",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"COLUMNS": "250", "PATH": ""},
+    )
+    try:
+        port = int(sink.stdout.readline().rsplit(":", 1)[1])
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mailman_mta",
+                "send",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--transcript",
+                "-f",
+                "list@example.com",
+                "-t",
+                "anne@example.com",
+                "-t",
+                "x@gone.example",
+                eml,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"COLUMNS": "250", "PATH": ""},
+        )
+        output, errors = sink.communicate(timeout=30)
+    finally:
+        sink.kill()
+        sink.wait()
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    assert "C: RCPT TO:<x@gone.example>" in sent.stderr and "S: 550 5.1.1 No such user" in sent.stderr
+    assert "x@gone.example" in sent.stdout and "permanent" in sent.stdout
+    assert sink.returncode == 0, errors
+    (path,) = saved.iterdir()
+    assert path.name == "0001.eml"
+    assert path.read_bytes() == b"X-MailFrom: list@example.com\r\nX-RcptTo: anne@example.com\r\n" + MESSAGE
+    assert f"    saved as {path}" in output
+
+
+def test_sink_fail_and_drop_rates_reach_the_sender(eml):
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailman_mta", "sink", "--port", "0", "--seconds", "20", "--fail-rate", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"COLUMNS": "250", "PATH": ""},
+    ) as sink:
+        try:
+            port = int(sink.stdout.readline().rsplit(":", 1)[1])
+            result = run("send", "-s", f"127.0.0.1:{port}", "-f", "a@example.com", "-t", "b@example.com", eml)
+        finally:
+            sink.terminate()
+            sink.communicate(timeout=30)
+    assert result.exit_code == EXIT_TEMPFAIL
+    assert "not delivered to any recipient: 451 4.3.0 Temporary failure" in result.output

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mailman_mta.config import Configuration
-from mailman_mta.schema import CORE_TYPES
-from mailman_mta.values import as_text
 from mailman_mta.connection import Connection
 from mailman_mta.errors import ConfigurationError
+from mailman_mta.schema import CORE_TYPES
 from mailman_mta.secret import Secret
+from mailman_mta.values import as_text
 
 
 @pytest.fixture
@@ -67,10 +67,13 @@ def test_layer_context_manager(config):
 
 
 def test_indented_layer_text_is_accepted(config):
-    config.push("indented", """
+    config.push(
+        "indented",
+        """
         [mta]
         smtp_port: 26
-        """)
+        """,
+    )
     assert config.settings.mta.smtp_port == 26
 
 

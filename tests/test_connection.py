@@ -133,13 +133,15 @@ def test_no_recipients_is_refused_as_smtplib_refuses_it(mta_smtpd):
 def test_send_message_takes_the_addresses_from_the_headers_and_never_sends_bcc(mta_smtpd):
     message = email.message_from_string(
         "From: Anne <anne@example.com>\nTo: bart@example.com, Cate <cate@example.com>\n"
-        "Cc: dave@example.com\nBcc: secret@example.com\nSubject: hi\n\nHello\n")
+        "Cc: dave@example.com\nBcc: secret@example.com\nSubject: hi\n\nHello\n"
+    )
     with Connection(mta_smtpd.hostname, mta_smtpd.port, 0) as connection:
         assert connection.send_message(message) == {}
         resent = email.message_from_string(
             "From: anne@example.com\nTo: bart@example.com\nResent-Date: Mon, 23 Nov 2026 20:00:00 +0000\n"
             "Resent-Sender: list@example.com\nResent-From: anne@example.com\nResent-To: erin@example.com\n"
-            "Resent-Bcc: hidden@example.com\n\nForwarded\n")
+            "Resent-Bcc: hidden@example.com\n\nForwarded\n"
+        )
         connection.send_message(resent)
         connection.send_message(message, "other@example.com", ["fred@example.com"])
     first, second, third = mta_smtpd.received
@@ -169,8 +171,11 @@ def test_mailmans_positional_arguments_and_secure_mode_enum(mta_smtpd):
         STARTTLS = "starttls"
 
     connection = Connection(mta_smtpd.hostname, mta_smtpd.port, 0, None, None, SecureMode.STARTTLS, False, False)
-    assert (connection.setting("secure_mode"), connection.setting("verify_cert"),
-            connection.setting("verify_hostname")) == ("starttls", False, False)
+    assert (
+        connection.setting("secure_mode"),
+        connection.setting("verify_cert"),
+        connection.setting("verify_hostname"),
+    ) == ("starttls", False, False)
     with pytest.raises(smtplib.SMTPNotSupportedError, match="does not offer STARTTLS") as raised:
         connection.sendmail("anne@example.com", ["bart@example.com"], MESSAGE)
     assert isinstance(raised.value, TLSError)
@@ -232,7 +237,11 @@ def test_keyword_settings_are_checked_like_configuration_values():
     with pytest.raises(TypeError, match="unexpected keyword argument 'smtp_hots'"):
         Connection(smtp_hots="x")
     connection = Connection("localhost", "2525", 0, command_timeout=2, verify_cert=False)
-    assert (connection.port, connection.setting("command_timeout"), connection.setting("verify_cert")) == (2525, 2.0, False)
+    assert (connection.port, connection.setting("command_timeout"), connection.setting("verify_cert")) == (
+        2525,
+        2.0,
+        False,
+    )
 
 
 def test_debug_transcript_is_logged_with_auth_masked(mta_smtpd, caplog):

@@ -33,12 +33,19 @@ def test_each_transaction_is_one_json_line(mta_config, mta_smtpd, mta_layers, tm
     assert (first["recipients"], first["accepted"], first["temporary"], first["permanent"]) == (2, 1, 0, 1)
     assert first["error"] is None and first["duration"] > 0 and first["sender"] == "list@example.org"
     assert "anne@example.com" not in log.read_text()
-    assert counters() == {"transactions": 2, "delivered": 2, "failed": 0, "recipients": 3,
-                          "accepted": 2, "temporary": 0, "permanent": 1, "uncertain": 0}
+    assert counters() == {
+        "transactions": 2,
+        "delivered": 2,
+        "failed": 0,
+        "recipients": 3,
+        "accepted": 2,
+        "temporary": 0,
+        "permanent": 1,
+        "uncertain": 0,
+    }
 
 
-def test_a_lost_connection_after_the_message_counts_as_uncertain(mta_config, mta_smtpd, mta_layers, tmp_path,
-                                                                  counters):
+def test_a_lost_connection_after_the_message_counts_as_uncertain(mta_config, mta_smtpd, mta_layers, tmp_path, counters):
     log = tmp_path / "delivery.jsonl"
     mta_layers.push("log", f"[plugin.deliverylog]\nenabled: yes\n[deliverylog]\npath: {log}\n")
     mta_smtpd.script("END-OF-DATA", close=True, accept=True)

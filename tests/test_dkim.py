@@ -14,8 +14,9 @@ from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.errors import ConfigurationError
 
-MESSAGE = ("From: list@example.org\nTo: members@example.org\nSubject: news\n"
-           "Date: Mon, 23 Nov 2026 20:00:00 +0000\n\nHello.\n")
+MESSAGE = (
+    "From: list@example.org\nTo: members@example.org\nSubject: news\nDate: Mon, 23 Nov 2026 20:00:00 +0000\n\nHello.\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +24,20 @@ def key_pair(tmp_path_factory):
     """(private key file, the TXT record publishing its public key)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path_factory.mktemp("dkim") / "private.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 @pytest.fixture
 def signing(mta_config, mta_layers, key_pair):
     path, _ = key_pair
-    mta_layers.push("dkim", f"[plugin.dkim]\nenabled: yes\n[dkim]\ndomain: example.org\nselector: mm2026\n"
-                            f"private_key_file: {path}\n")
+    mta_layers.push(
+        "dkim",
+        f"[plugin.dkim]\nenabled: yes\n[dkim]\ndomain: example.org\nselector: mm2026\nprivate_key_file: {path}\n",
+    )
 
 
 def verifies(content: bytes, key_pair) -> bool:
@@ -79,13 +82,16 @@ def test_each_copy_is_signed_after_every_other_change(signing, mta_smtpd, mta_la
     assert len({r.content.split(b"\r\n\r\n")[0] for r in mta_smtpd.received}) == 2
 
 
-@pytest.mark.parametrize(("settings", "problem"), [
-    ("domain: example.org\nselector: s1\n", r"\[dkim\] private_key_file is empty"),
-    ("selector: s1\nprivate_key_file: {key}\n", r"\[dkim\] domain is empty"),
-    ("domain: example.org\nselector: s1\nprivate_key_file: {key}\nheaders: Subject To\n", "must include From"),
-    ("domain: exa mple.org\nselector: s1\nprivate_key_file: {key}\n", r"\[dkim\] domain: 'exa mple.org'"),
-    ("domain: example.org\nselector: s1\nprivate_key_file: {other}\n", "holds no PEM private key"),
-])
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ("domain: example.org\nselector: s1\n", r"\[dkim\] private_key_file is empty"),
+        ("selector: s1\nprivate_key_file: {key}\n", r"\[dkim\] domain is empty"),
+        ("domain: example.org\nselector: s1\nprivate_key_file: {key}\nheaders: Subject To\n", "must include From"),
+        ("domain: exa mple.org\nselector: s1\nprivate_key_file: {key}\n", r"\[dkim\] domain: 'exa mple.org'"),
+        ("domain: example.org\nselector: s1\nprivate_key_file: {other}\n", "holds no PEM private key"),
+    ],
+)
 def test_incomplete_settings_are_refused_at_push(mta_config, mta_layers, key_pair, tmp_path, settings, problem):
     other = tmp_path / "not-a-key.pem"
     other.write_text("hello\n")

@@ -4,10 +4,9 @@ message exactly as given, dot-stuffed, without copies.
 
 from __future__ import annotations
 
-import re
-
 import email.message
 import email.policy
+import re
 import tracemalloc
 
 import pytest
@@ -52,6 +51,8 @@ REWRITTEN_BY_SMTPLIB = [
     "an ne",
     "an\x85ne@example.com",
     "an\u2028ne@example.com",
+    "an\u00a0ne@example.com",
+    "\u3000",
     "anne.",
     "@example.com",
     "anne@",
@@ -116,7 +117,8 @@ local_atoms = st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,10}", fullmatch=T
 labels = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 mailboxes = st.builds(
     lambda atoms, domain: ".".join(atoms) + "@" + ".".join(domain),
-    st.lists(local_atoms, min_size=1, max_size=3), st.lists(labels, min_size=1, max_size=4),
+    st.lists(local_atoms, min_size=1, max_size=3),
+    st.lists(labels, min_size=1, max_size=4),
 )
 
 
@@ -160,10 +162,13 @@ def test_an_unchanged_envelope_is_checked_once(relay, monkeypatch):
 # -- 6. message input --------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [
-    lambda: email.message.Message(),
-    lambda: email.message.EmailMessage(policy=email.policy.SMTP),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: email.message.Message(),
+        lambda: email.message.EmailMessage(policy=email.policy.SMTP),
+    ],
+)
 def test_bcc_headers_never_reach_anyone(relay, make):
     message = make()
     message["From"] = "list@example.org"
@@ -228,11 +233,15 @@ def sink():
         yield server
 
 
-@pytest.mark.parametrize("message, most", [
-    # Messages run to tens of megabytes; a copy per step adds up.
-    (b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 25_000, 0.1),  # CRLF already: no copy
-    (b"Subject: big\n\n" + (b"y" * 998 + b"\n") * 10_000, 1.5),           # LF only: one copy
-], ids=["25 MB CRLF", "10 MB LF"])
+@pytest.mark.parametrize(
+    "message, most",
+    [
+        # Messages run to tens of megabytes; a copy per step adds up.
+        (b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 25_000, 0.1),  # CRLF already: no copy
+        (b"Subject: big\n\n" + (b"y" * 998 + b"\n") * 10_000, 1.5),  # LF only: one copy
+    ],
+    ids=["25 MB CRLF", "10 MB LF"],
+)
 def test_peak_extra_memory_for_one_message(sink, message, most):
     connection = Connection(sink.hostname, sink.port, 0, command_timeout=60)
     connection.sendmail("list@example.org", ["anne@example.com"], b"Subject: warm-up\r\n\r\n")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import smtplib
-
 import email.message
 import email.policy
+import smtplib
 
 import pytest
 
@@ -106,8 +105,10 @@ def test_a_message_over_the_server_size_is_refused_before_sending():
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_duplicate_recipients_all_refused_is_reported_as_such(mta_config, mta_smtpd, mta_layers, pipelining):
-    mta_layers.push("devmode", "[devmode]\nenabled: yes\nrecipient: dev@example.com\n"
-                               f"[mta]\npipelining: {'yes' if pipelining else 'no'}\n")
+    mta_layers.push(
+        "devmode",
+        f"[devmode]\nenabled: yes\nrecipient: dev@example.com\n[mta]\npipelining: {'yes' if pipelining else 'no'}\n",
+    )
     mta_smtpd.refuse_recipient("dev@example.com", "550 5.1.1 No such user")
     with Delivery() as delivery:
         result = delivery.deliver("anne@example.com", ["bart@example.com", "cate@example.com"], ASCII)

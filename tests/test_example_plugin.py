@@ -22,8 +22,22 @@ def installed(tmp_path_factory):
     source = tmp_path_factory.mktemp("source") / EXAMPLE.name
     shutil.copytree(EXAMPLE, source)  # pip builds in the source tree; keep the checkout clean
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(source)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(target))
     registry.refresh()
     yield target
@@ -59,9 +73,24 @@ def test_the_cli_sets_its_keys(installed, mta_smtpd, tmp_path):
 
     message = tmp_path / "m.eml"
     message.write_text("Subject: x\n\nHello\n")
-    result = CliRunner().invoke(main, [
-        "-o", f"mta.smtp_host={mta_smtpd.hostname}", "-o", f"mta.smtp_port={mta_smtpd.port}",
-        "-o", "plugin.signature.enabled=yes", "-o", "signature.text=-- from the command line",
-        "send", "-f", "a@example.com", "-t", "b@example.com", str(message)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "-o",
+            f"mta.smtp_host={mta_smtpd.hostname}",
+            "-o",
+            f"mta.smtp_port={mta_smtpd.port}",
+            "-o",
+            "plugin.signature.enabled=yes",
+            "-o",
+            "signature.text=-- from the command line",
+            "send",
+            "-f",
+            "a@example.com",
+            "-t",
+            "b@example.com",
+            str(message),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert mta_smtpd.received[0].content.endswith(b"-- from the command line\r\n")

@@ -51,8 +51,11 @@ FRESH_CONNECTION_FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("point, fault, code, copies", FRESH_CONNECTION_FAULTS,
-                         ids=[f"{p}-{'-'.join(map(str, f.items()))}" for p, f, _, _ in FRESH_CONNECTION_FAULTS])
+@pytest.mark.parametrize(
+    "point, fault, code, copies",
+    FRESH_CONNECTION_FAULTS,
+    ids=[f"{p}-{'-'.join(map(str, f.items()))}" for p, f, _, _ in FRESH_CONNECTION_FAULTS],
+)
 def test_each_fault_on_a_fresh_connection(mta_smtpd, point, fault, code, copies):
     mta_smtpd.script(point, **fault)
     with Delivery(connect(mta_smtpd)) as delivery:
@@ -378,14 +381,17 @@ def test_a_host_the_resolver_cannot_take_is_a_connection_error():
             SMTPTransport(connect_timeout=1).connect(host, 25)
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[mta]\nsmtp_host: " + "x" * 64 + ".example.com\n", "smtp_host"),
-    ("[mta]\nsmtp_host: a..b\n", "smtp_host"),
-    ("[mta]\nsmtp_host: -bad.example.com\n", "smtp_host"),
-    ("[mta]\ncommand_timeout: 1e12\n", "command_timeout"),
-    ("[mta]\nconnect_timeout: 9999999999\n", "connect_timeout"),
-    ("[mta]\nmax_connection_age: 1e300\n", "max_connection_age"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[mta]\nsmtp_host: " + "x" * 64 + ".example.com\n", "smtp_host"),
+        ("[mta]\nsmtp_host: a..b\n", "smtp_host"),
+        ("[mta]\nsmtp_host: -bad.example.com\n", "smtp_host"),
+        ("[mta]\ncommand_timeout: 1e12\n", "command_timeout"),
+        ("[mta]\nconnect_timeout: 9999999999\n", "connect_timeout"),
+        ("[mta]\nmax_connection_age: 1e300\n", "max_connection_age"),
+    ],
+)
 def test_values_that_can_never_work_are_refused_at_push(mta_config, text, key):
     with pytest.raises(ConfigurationError, match=rf"\[mta\] {key}: ") as caught:
         mta_config.push("impossible", text)

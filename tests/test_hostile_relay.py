@@ -43,14 +43,48 @@ TIMEOUT = 0.2
 MESSAGE = b"From: list@example.org\r\nSubject: property\r\n\r\n.leading dot\r\nbody\r\n"
 EXAMPLES = int(os.environ.get("MAILMAN_MTA_HYPOTHESIS_EXAMPLES", "60"))
 
-CODES = [220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 454, 500, 501, 502, 503, 504,
-         530, 535, 550, 551, 552, 553, 554, 555]
+CODES = [
+    220,
+    221,
+    235,
+    250,
+    251,
+    252,
+    334,
+    354,
+    421,
+    450,
+    451,
+    452,
+    454,
+    500,
+    501,
+    502,
+    503,
+    504,
+    530,
+    535,
+    550,
+    551,
+    552,
+    553,
+    554,
+    555,
+]
 #: 5xx replies that are no verdict on a recipient (see mailman_mta.results).
 NOT_VERDICTS = PROTOCOL_CODES | {530, 552}
 
 GARBAGE = [
-    b"garbage\r\n", b"25\r\n", b"-550 minus\r\n", b"2x0 ok\r\n", b"550" + b"x" * 5000 + b"\r\n",
-    b"550-part\r\n250 disagree\r\n", b"\r\n", b"250", b"HTTP/1.1 200 OK\r\n", b"\x00\xff\r\n",
+    b"garbage\r\n",
+    b"25\r\n",
+    b"-550 minus\r\n",
+    b"2x0 ok\r\n",
+    b"550" + b"x" * 5000 + b"\r\n",
+    b"550-part\r\n250 disagree\r\n",
+    b"\r\n",
+    b"250",
+    b"HTTP/1.1 200 OK\r\n",
+    b"\x00\xff\r\n",
 ]
 
 actions = st.one_of(
@@ -60,7 +94,8 @@ actions = st.one_of(
     st.sampled_from(CODES).map(lambda code: Action(reply=b"%d-first\r\n%d last\r\n" % (code, code))),
     st.sampled_from(CODES).map(lambda code: Action(reply=b"%d bye\r\n" % code, close=True)),
     st.tuples(st.sampled_from(CODES), st.sampled_from(CODES)).map(
-        lambda codes: Action(reply=b"%d one\r\n%d extra\r\n" % codes)),
+        lambda codes: Action(reply=b"%d one\r\n%d extra\r\n" % codes)
+    ),
     st.sampled_from(GARBAGE).map(lambda garbage: Action(reply=garbage)),
     st.binary(max_size=24).map(lambda data: Action(reply=data)),
     st.booleans().map(lambda keep: Action(reply=b"", close=True, keep=keep)),
@@ -96,8 +131,12 @@ def refused_permanently_by_server(server: ScriptedSMTPServer, address: str) -> b
     return False
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=bool(os.environ.get("CI")),
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     script=st.lists(actions, max_size=14),
     count=st.integers(min_value=1, max_value=4),
@@ -110,8 +149,15 @@ def test_results_tell_the_truth_whatever_the_relay_does(script, count, pipelinin
     extensions = DEFAULT_EXTENSIONS if pipelining else tuple(e for e in DEFAULT_EXTENSIONS if e != "PIPELINING")
     with ScriptedSMTPServer(extensions) as server:
         server.script(*script)
-        connection = Connection(server.hostname, server.port, 0, command_timeout=TIMEOUT, connect_timeout=1,
-                                delivery=strategy, max_connections=connections)
+        connection = Connection(
+            server.hostname,
+            server.port,
+            0,
+            command_timeout=TIMEOUT,
+            connect_timeout=1,
+            delivery=strategy,
+            max_connections=connections,
+        )
         started = time.monotonic()
         with Delivery(connection) as delivery:
             result = delivery.deliver("list@example.org", recipients, MESSAGE)
@@ -123,19 +169,24 @@ def test_results_tell_the_truth_whatever_the_relay_does(script, count, pipelinin
     for address in result.accepted:
         if aligned:
             assert any(address in transaction.accepted for transaction in kept), (
-                f"{address} reported accepted, but the server kept no copy for it: {server.transactions}")
+                f"{address} reported accepted, but the server kept no copy for it: {server.transactions}"
+            )
         else:
             assert any(address in [r.address for r in transaction.recipients] for transaction in kept), (
-                f"{address} reported accepted, but the server kept no message for it: {server.transactions}")
-    sent = {int(line[:3]) for action in script if action.reply
-            for line in action.reply.split(b"\n") if line[:3].isdigit()}
+                f"{address} reported accepted, but the server kept no message for it: {server.transactions}"
+            )
+    sent = {
+        int(line[:3]) for action in script if action.reply for line in action.reply.split(b"\n") if line[:3].isdigit()
+    }
     for address, failure in result.permanent.items():
         if aligned:
             assert refused_permanently_by_server(server, address), (
-                f"{address} reported permanent ({failure}) without a 5xx verdict: {server.transactions}")
+                f"{address} reported permanent ({failure}) without a 5xx verdict: {server.transactions}"
+            )
         else:
             assert failure.code in sent and verdict(failure.code), (
-                f"{address} reported permanent ({failure}), a code the server never sent")
+                f"{address} reported permanent ({failure}), a code the server never sent"
+            )
     copies = [address for transaction in kept for address in transaction.accepted]
     assert len(copies) == len(set(copies)), "someone's message was kept twice"
     assert all(transaction.data == MESSAGE for transaction in kept)

@@ -48,16 +48,25 @@ def _environment() -> Path:
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
         if not stamp.exists() or stamp.read_text() != wanted:
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                           check=True, capture_output=True, timeout=900)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
             stamp.write_text(wanted)
         # This checkout, every time: the environment may be shared by clones.
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPOSITORY)],
-                       check=True, capture_output=True, timeout=900)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "-e", str(REPOSITORY)],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
     except (OSError, subprocess.SubprocessError) as error:
         output = getattr(error, "stderr", b"") or b""
-        pytest.skip(f"cannot build GNU Mailman's environment in {venv}: {error}; "
-                    f"{output.decode(errors='replace')[-500:]}")
+        pytest.skip(
+            f"cannot build GNU Mailman's environment in {venv}: {error}; {output.decode(errors='replace')[-500:]}"
+        )
     return python
 
 
@@ -69,7 +78,11 @@ def nose2_run():
     environment.pop("CI", None)
     done = subprocess.run(
         [str(python), "-m", "nose2", "-v", "mailman.mta", "mailman_suite.outgoing"],
-        cwd=SUITE, env=environment, capture_output=True, text=True, timeout=600,
+        cwd=SUITE,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return done.returncode, done.stdout + done.stderr
 
@@ -101,8 +114,15 @@ def test_mailmans_mta_suite_passes_on_our_connection(nose2_run):
     assert sorted(name for name, outcome in theirs.items() if outcome == "skipped") == EXCLUDED
     assert "skipped excluded: mocks smtplib.SMTP" in output
     assert "Mailman's Connection is now mailman_mta.connection.Connection" in output
-    for page in ("authentication.rst", "bulk.rst", "connection.rst", "decorating.rst", "mta.rst",
-                 "personalized.rst", "verp.rst"):
+    for page in (
+        "authentication.rst",
+        "bulk.rst",
+        "connection.rst",
+        "decorating.rst",
+        "mta.rst",
+        "personalized.rst",
+        "verp.rst",
+    ):
         assert theirs.get(page) == "ok", page
     assert len(theirs) >= 60
     assert status == 0, output[-3000:]
@@ -113,5 +133,7 @@ def test_our_outgoing_function_passes_inside_mailmans_layers(nose2_run):
     ours = {name: outcome for name, outcome in _results(output).items() if name.startswith("mailman_suite.")}
     MAILMAN_COUNTS.update(outgoing_tests=len(ours), outgoing_passed=sum(o == "ok" for o in ours.values()))
     assert len(ours) == 9 and set(ours.values()) == {"ok"}, output[-6000:]
-    assert "mailman_suite.outgoing.TestOutgoingRunner.test_permanent_failures_bounce_and_temporary_ones_are_retried" \
+    assert (
+        "mailman_suite.outgoing.TestOutgoingRunner.test_permanent_failures_bounce_and_temporary_ones_are_retried"
         in ours
+    )

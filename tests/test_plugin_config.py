@@ -18,12 +18,16 @@ class Greeter:
 
     @hookimpl
     def mta_declare_config(self, schema):
-        schema.add_section("greeter", """
+        schema.add_section(
+            "greeter",
+            """
             # The word put in each message's X-Greeting header.
             word: hello
             # How many times.
             times: 1
-            """, times=as_count)
+            """,
+            times=as_count,
+        )
 
     @hookimpl
     def mta_prepare_message(self, config, envelope):
@@ -66,11 +70,14 @@ def test_a_layer_may_set_a_plugins_keys_while_it_is_disabled(greeter, mta_config
     assert mta_config.origin("greeter", "times") == "ready"
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    ("[greeter]\ntimes: many\n", r"\[greeter\] times: 'many' is not a count"),
-    ("[greeter]\ntime: 3\n", r"\[greeter\] has no key 'time' \(did you mean 'times'\?\)"),
-    ("[greetr]\nword: x\n", r"there is no section \[greetr\] \(did you mean 'greeter'\?\)"),
-])
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[greeter]\ntimes: many\n", r"\[greeter\] times: 'many' is not a count"),
+        ("[greeter]\ntime: 3\n", r"\[greeter\] has no key 'time' \(did you mean 'times'\?\)"),
+        ("[greetr]\nword: x\n", r"there is no section \[greetr\] \(did you mean 'greeter'\?\)"),
+    ],
+)
 def test_bad_plugin_settings_are_refused_at_push_naming_layer_section_and_key(greeter, text, named):
     config = Configuration()
     with pytest.raises(ConfigurationError, match=r"config layer 'bad'.*" + named):
@@ -120,24 +127,28 @@ def declaring(body: str, name: str = "thing", **types):
         @hookimpl
         def mta_declare_config(self, schema):
             schema.add_section(name, body, **types)
+
     return Plugin()
 
 
-@pytest.mark.parametrize(("plugin", "problem"), [
-    (declaring("port: 0\n", port=as_port), "the default of 'port' is refused by its type"),
-    (declaring("a: 1\n", b=as_count), "a type is given for 'b', which has no default"),
-    (declaring("a: 1\n", name="mta"), r"declares \[mta\]: a plugin's section needs a name of its own"),
-    (declaring("a: 1\n", name="plugin.x"), "needs a name of its own"),
-    (declaring("a: 1\n", name="ab"), "three or more"),
-    (declaring("a: 1\n", name="devmode"), "but plugin 'devmode' already did"),
-    (declaring("[other]\na: 1\n"), "one section per call, without its"),
-    (declaring("no colon here\n"), "is not 'key: default' lines"),
-])
+@pytest.mark.parametrize(
+    ("plugin", "problem"),
+    [
+        (declaring("port: 0\n", port=as_port), "the default of 'port' is refused by its type"),
+        (declaring("a: 1\n", b=as_count), "a type is given for 'b', which has no default"),
+        (declaring("a: 1\n", name="mta"), r"declares \[mta\]: a plugin's section needs a name of its own"),
+        (declaring("a: 1\n", name="plugin.x"), "needs a name of its own"),
+        (declaring("a: 1\n", name="ab"), "three or more"),
+        (declaring("a: 1\n", name="devmode"), "but plugin 'devmode' already did"),
+        (declaring("[other]\na: 1\n"), "one section per call, without its"),
+        (declaring("no colon here\n"), "is not 'key: default' lines"),
+    ],
+)
 def test_a_bad_declaration_names_the_plugin(plugin, problem):
     registry.add("bad", plugin)
     try:
         with pytest.raises(ConfigurationError, match=f"plugin 'bad' .*{problem}"):
-            Configuration().settings
+            _ = Configuration().settings
     finally:
         registry.remove("bad")
 
@@ -156,8 +167,11 @@ def test_the_cli_sets_and_shows_plugin_keys():
 
     from mailman_mta.cli import main
 
-    result = CliRunner().invoke(main, ["-o", "plugin.ratelimit.enabled=yes", "-o", "ratelimit.messages_per_second=5",
-                                       "config"], terminal_width=200)
+    result = CliRunner().invoke(
+        main,
+        ["-o", "plugin.ratelimit.enabled=yes", "-o", "ratelimit.messages_per_second=5", "config"],
+        terminal_width=200,
+    )
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "messages_per_second" in line)
     assert [cell.strip() for cell in row.split("│")[1:5]] == ["[ratelimit]", "messages_per_second", "5", "-o"]

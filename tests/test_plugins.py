@@ -16,7 +16,7 @@ from mailman_mta.transport import SMTPTransport, connect
 
 MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
 
-COUNTER_PLUGIN = '''
+COUNTER_PLUGIN = """
 from mailman_mta import hookimpl
 
 class Counter:
@@ -29,7 +29,7 @@ class Counter:
     @hookimpl
     def mta_delivery_result(self, error):
         self.sent += error is None
-'''
+"""
 
 
 @pytest.fixture
@@ -119,7 +119,9 @@ def test_a_misspelt_hook_is_an_error_when_the_plugin_is_enabled(mta_config, adde
             pass
 
     added("typo", Typo())
-    with pytest.raises(ConfigurationError, match=r"\[plugin.typo\] implements a hook that does not exist.*mta_prepare_mesage"):
+    with pytest.raises(
+        ConfigurationError, match=r"\[plugin.typo\] implements a hook that does not exist.*mta_prepare_mesage"
+    ):
         mta_config.push("typo", "[plugin.typo]\nenabled: yes\n")
     assert "typo" not in mta_config.active_plugins
 
@@ -138,14 +140,17 @@ def test_a_hook_with_a_wrong_argument_is_an_error(mta_config, added):
 def test_one_object_cannot_be_enabled_under_two_names(mta_config, site):
     site.module("mta_test_twice", "from mailman_mta import hookimpl\n")
     with pytest.raises(ConfigurationError, match=r"\[plugin.b\] cannot be enabled together"):
-        mta_config.push("twice", textwrap.dedent("""
+        mta_config.push(
+            "twice",
+            textwrap.dedent("""
             [plugin.a]
             enabled: yes
             class: mta_test_twice
             [plugin.b]
             enabled: yes
             class: mta_test_twice
-            """))
+            """),
+        )
 
 
 def test_a_built_in_plugin_can_be_switched_off(mta_config, mta_smtpd, mta_layers):
@@ -170,8 +175,9 @@ def test_devmode_on_with_its_plugin_off_is_refused_at_push(mta_config, mta_layer
 
 def test_a_pop_that_leaves_devmode_without_its_plugin_stops_sending(mta_config, mta_smtpd, mta_layers, tmp_path):
     """Every stack a pop leaves was checked at push, except half of a file that extends another."""
-    (tmp_path / "base.cfg").write_text("[devmode]\nenabled: yes\nrecipient: dev@example.com\n"
-                                       "[plugin.devmode]\nenabled: no\n")
+    (tmp_path / "base.cfg").write_text(
+        "[devmode]\nenabled: yes\nrecipient: dev@example.com\n[plugin.devmode]\nenabled: no\n"
+    )
     (tmp_path / "site.cfg").write_text("[meta]\nextends: base.cfg\n[plugin.devmode]\nenabled: yes\n")
     mta_config.push_file(tmp_path / "site.cfg")
     mta_layers._pushed.append("base.cfg")
@@ -221,6 +227,7 @@ def test_a_rewrite_to_an_unsafe_address_is_refused(mta_config, mta_smtpd, added,
 
 def test_a_transport_plugin_chooses_the_relay(mta_config, mta_smtpd, added, mta_layers):
     with CountingSMTPServer() as relay:
+
         class Relay:
             @hookimpl(tryfirst=True)
             def mta_create_transport(self, connection):
@@ -312,7 +319,7 @@ def test_removing_an_added_plugin_takes_effect(mta_config, added):
         assert "gone" in mta_config.active_plugins
         registry.remove("gone")
         with pytest.raises(ConfigurationError, match="no plugin called 'gone'"):
-            mta_config.active_plugins
+            _ = mta_config.active_plugins
     finally:
         registry.add("gone", object())
         mta_config.pop("gone")
@@ -329,7 +336,7 @@ def test_the_list_of_built_ins_is_the_package_and_the_registry():
     modules = {info.name for info in pkgutil.iter_modules(package.__path__)}
     assert set(described) == modules
     assert BUILTIN_PLUGINS == tuple(described)
-    assert registry.names()[:len(described)] == list(described)
+    assert registry.names()[: len(described)] == list(described)
     for name in described:
         assert registry.load(name) is not None
 
@@ -337,6 +344,7 @@ def test_the_list_of_built_ins_is_the_package_and_the_registry():
 def test_popping_a_transport_plugin_replaces_the_open_connection(mta_config, mta_smtpd, added, mta_layers):
     other = CountingSMTPServer().start()
     try:
+
         class Elsewhere:
             @hookimpl
             def mta_create_transport(self, connection):

@@ -37,8 +37,7 @@ def test_a_pool_gives_the_same_results_in_the_same_order(mta_config, mta_smtpd, 
     mta_smtpd.refuse_recipient(MEMBERS[3], "452 4.2.2 Mailbox full")
     results = {}
     for connections in (1, 4):
-        mta_layers.push("strategy", f"[mta]\ndelivery: {strategy}\nmax_recipients: 4\n"
-                                    f"max_connections: {connections}\n")
+        mta_layers.push("strategy", f"[mta]\ndelivery: {strategy}\nmax_recipients: 4\nmax_connections: {connections}\n")
         with Delivery() as delivery:
             results[connections] = delivery.deliver("list@example.org", MEMBERS, MESSAGE)
         mta_layers.pop("strategy")
@@ -201,8 +200,9 @@ def test_a_layer_refused_by_its_check_is_never_seen_by_other_threads():
 
 
 @pytest.mark.parametrize("connections", [1, 4])
-def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(mta_config, mta_smtpd, mta_layers, enabled,
-                                                                  connections):
+def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(
+    mta_config, mta_smtpd, mta_layers, enabled, connections
+):
     mta_layers.push("pool", f"[mta]\ndelivery: individual\nmax_connections: {connections}\n")
     mta_smtpd.script("MAIL", delay=0.01, times=0)
     done = []
@@ -248,5 +248,9 @@ def test_a_sibling_is_a_new_connection_on_the_same_terms(mta_smtpd):
     sibling = first.sibling()
     assert sibling is not first and sibling.transport is None
     assert (sibling.host, sibling.port, sibling.sessions_per_connection, sibling.smtp_user) == (
-        mta_smtpd.hostname, mta_smtpd.port, 2, "testuser")
+        mta_smtpd.hostname,
+        mta_smtpd.port,
+        2,
+        "testuser",
+    )
     assert sibling.setting("command_timeout") == 9 and sibling.smtp_pass == first.smtp_pass

@@ -98,8 +98,9 @@ def test_starttls_with_an_untrusted_ca_is_refused(postfix, at_postfix, tmp_path,
 
 
 def test_auth_with_good_credentials(postfix, at_postfix, capture):
-    at_postfix.push("auth", f"[mta]\nsecure_mode: starttls\nca_file: {postfix.ca_file}\n"
-                            "smtp_user: testuser\nsmtp_pass: testpass\n")
+    at_postfix.push(
+        "auth", f"[mta]\nsecure_mode: starttls\nca_file: {postfix.ca_file}\nsmtp_user: testuser\nsmtp_pass: testpass\n"
+    )
     connection = Connection()
     assert connection.sendmail("anne@example.com", ["bart@example.com"], POST) == {}
     connection.quit()
@@ -117,8 +118,9 @@ def test_auth_login_mechanism(postfix):
 
 
 def test_auth_with_bad_credentials(postfix, at_postfix, capture):
-    at_postfix.push("auth", f"[mta]\nsecure_mode: starttls\nca_file: {postfix.ca_file}\n"
-                            "smtp_user: testuser\nsmtp_pass: wrong\n")
+    at_postfix.push(
+        "auth", f"[mta]\nsecure_mode: starttls\nca_file: {postfix.ca_file}\nsmtp_user: testuser\nsmtp_pass: wrong\n"
+    )
     with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
         Connection().sendmail("anne@example.com", ["bart@example.com"], POST)
     assert caught.value.smtp_code == 535
@@ -150,8 +152,10 @@ def test_devmode_rewriting(postfix, at_postfix, capture):
 
 
 def test_an_8bit_utf8_message_arrives_byte_identical(at_postfix, capture):
-    message = ("From: J\u00f6rg <j\u00f6rg@example.com>\r\nTo: list@example.com\r\n"
-               "Subject: Gr\u00fc\u00dfe aus K\u00f6ln \u2713\r\n\r\n\u00c5ngstr\u00f6m, na\u00efve, \u65e5\u672c\r\n").encode()
+    message = (
+        "From: J\u00f6rg <j\u00f6rg@example.com>\r\nTo: list@example.com\r\n"
+        "Subject: Gr\u00fc\u00dfe aus K\u00f6ln \u2713\r\n\r\n\u00c5ngstr\u00f6m, na\u00efve, \u65e5\u672c\r\n"
+    ).encode()
     connection = Connection()
     assert connection.sendmail("j\u00f6rg@example.com", ["\u00e5sa@example.com"], message) == {}
     connection.quit()
@@ -189,7 +193,9 @@ def test_verp_through_postfix(at_postfix, capture):
         assert delivery.deliver("bounces@lists.example.org", ["anne@example.com", "bart@example.com"], POST).ok
     delivered = capture.wait_for_messages(2)
     assert sorted(m.mail_from for m in delivered) == [
-        "bounces+anne=example.com@lists.example.org", "bounces+bart=example.com@lists.example.org"]
+        "bounces+anne=example.com@lists.example.org",
+        "bounces+bart=example.com@lists.example.org",
+    ]
 
 
 def sent_before_first_reply(records) -> list[str]:
@@ -225,8 +231,14 @@ def test_pipelining_with_postfix_reports_every_recipient(at_postfix, postfix, ca
 
 def test_a_pool_delivers_every_post_once_through_postfix(at_postfix, postfix, capture):
     at_postfix.push("pool", "[mta]\nmax_connections: 4\ndelivery: verp\n")
-    posts = [("bounces@lists.example.org", [f"m{n}@example.com", f"n{n}@example.com"],
-              POST.replace(b"via Postfix", f"post {n}".encode())) for n in range(10)]
+    posts = [
+        (
+            "bounces@lists.example.org",
+            [f"m{n}@example.com", f"n{n}@example.com"],
+            POST.replace(b"via Postfix", f"post {n}".encode()),
+        )
+        for n in range(10)
+    ]
     with Delivery() as delivery:
         results = list(delivery.deliver_many(posts))
         used = sum(1 for connection in delivery.connections if connection.connection_count)
@@ -234,4 +246,5 @@ def test_a_pool_delivers_every_post_once_through_postfix(at_postfix, postfix, ca
     assert 1 <= used <= 4
     delivered = capture.wait_for_messages(20)
     assert sorted(m.mail_from for m in delivered) == sorted(
-        f"bounces+{local}{n}=example.com@lists.example.org" for n in range(10) for local in "mn")
+        f"bounces+{local}{n}=example.com@lists.example.org" for n in range(10) for local in "mn"
+    )

@@ -60,7 +60,8 @@ def test_the_first_relay_takes_the_mail_when_it_is_up(clock, mta_config, mta_smt
 
 
 def test_a_relay_that_refuses_connections_is_skipped_and_marked_down(
-        clock, mta_config, second, closed_port, mta_layers):
+    clock, mta_config, second, closed_port, mta_layers
+):
     use(mta_layers, closed_port, second.port, down_time=30)
     with Connection() as connection:
         result = connection.transact(_envelope())
@@ -129,11 +130,14 @@ def test_popping_the_layer_goes_back_to_the_configured_relay(clock, mta_config, 
     assert (len(mta_smtpd.received), len(second.received)) == (1, 1)
 
 
-@pytest.mark.parametrize(("hosts", "problem"), [
-    ("", r"\[relays\] hosts is empty"),
-    ("mx.example.com", r"\[relays\] hosts: 'mx.example.com' is not host:port"),
-    ("mx.example.com:99999", r"\[relays\] hosts: 'mx.example.com:99999': '99999' is not a port number"),
-])
+@pytest.mark.parametrize(
+    ("hosts", "problem"),
+    [
+        ("", r"\[relays\] hosts is empty"),
+        ("mx.example.com", r"\[relays\] hosts: 'mx.example.com' is not host:port"),
+        ("mx.example.com:99999", r"\[relays\] hosts: 'mx.example.com:99999': '99999' is not a port number"),
+    ],
+)
 def test_bad_relay_lists_are_refused_at_push(mta_config, mta_layers, hosts, problem):
     with pytest.raises(ConfigurationError, match=problem):
         mta_layers.push("bad", f"[plugin.relays]\nenabled: yes\n[relays]\nhosts: {hosts}\n")
@@ -143,14 +147,20 @@ def test_ipv6_relays_are_written_in_brackets():
     assert as_host_port_list("[::1]:25 mx.example.com:587") == (("::1", 25), ("mx.example.com", 587))
 
 
-
 def test_check_names_the_relay_it_reached(clock, second, closed_port):
     from click.testing import CliRunner
 
     from mailman_mta.cli import main
 
-    result = CliRunner().invoke(main, ["-o", "plugin.relays.enabled=yes",
-                                       "-o", f"relays.hosts=127.0.0.1:{closed_port} 127.0.0.1:{second.port}",
-                                       "check"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "-o",
+            "plugin.relays.enabled=yes",
+            "-o",
+            f"relays.hosts=127.0.0.1:{closed_port} 127.0.0.1:{second.port}",
+            "check",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"server      127.0.0.1:{second.port} (smtp)" in result.output

@@ -58,17 +58,20 @@ def test_replies_that_arrive_together_are_kept_for_the_next_read(pair):
     assert [reader.read(c).code for c in ("MAIL", "RCPT", "DATA")] == [250, 250, 354]
 
 
-@pytest.mark.parametrize("garbage, words", [
-    (b"garbage\r\n", "is not SMTP: 'garbage'"),
-    (b"25\r\n", "is not SMTP"),
-    (b"-250 minus\r\n", "is not SMTP"),
-    (b"abc def\r\n", "is not SMTP"),
-    (b"150 one hundred\r\n", "is not SMTP"),
-    (b"650 six hundred\r\n", "is not SMTP"),
-    (b"250x no separator\r\n", "is not SMTP"),
-    (b"\xff\xfe\r\n", "is not SMTP: '\\\\xff\\\\xfe'"),
-    (b"250-part one\r\n550 part two\r\n", "disagree on the code (250 then 550)"),
-])
+@pytest.mark.parametrize(
+    "garbage, words",
+    [
+        (b"garbage\r\n", "is not SMTP: 'garbage'"),
+        (b"25\r\n", "is not SMTP"),
+        (b"-250 minus\r\n", "is not SMTP"),
+        (b"abc def\r\n", "is not SMTP"),
+        (b"150 one hundred\r\n", "is not SMTP"),
+        (b"650 six hundred\r\n", "is not SMTP"),
+        (b"250x no separator\r\n", "is not SMTP"),
+        (b"\xff\xfe\r\n", "is not SMTP: '\\\\xff\\\\xfe'"),
+        (b"250-part one\r\n550 part two\r\n", "disagree on the code (250 then 550)"),
+    ],
+)
 def test_a_reply_that_is_not_smtp_is_a_protocol_error(pair, garbage, words):
     ours, theirs = pair
     theirs.sendall(garbage)
@@ -163,8 +166,10 @@ def test_a_hang_up_in_the_middle_of_a_reply(pair):
     ours, theirs = pair
     theirs.sendall(b"250-first\r\n250 sec")
     theirs.close()
-    with pytest.raises(smtplib.SMTPServerDisconnected,
-                       match="relay.example:25 closed the connection while waiting for the reply to RCPT"):
+    with pytest.raises(
+        smtplib.SMTPServerDisconnected,
+        match="relay.example:25 closed the connection while waiting for the reply to RCPT",
+    ):
         reader_for(ours).read("RCPT")
 
 
@@ -176,8 +181,9 @@ def test_a_mask_hides_what_the_server_echoes(pair):
 
 
 codes = st.integers(min_value=200, max_value=599)
-texts = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
-                 min_size=1, max_size=5)
+texts = st.lists(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")), min_size=1, max_size=5
+)
 
 
 @given(st.lists(st.tuples(codes, texts), min_size=1, max_size=5), st.integers(min_value=1, max_value=50))
@@ -190,9 +196,10 @@ def test_any_well_formed_replies_read_back_exactly_however_they_are_split(replie
     ours, theirs = socket.socketpair()
     ours.settimeout(2)
     try:
+
         def write():
             for start in range(0, len(wire), piece):
-                theirs.sendall(wire[start:start + piece])
+                theirs.sendall(wire[start : start + piece])
 
         writer = threading.Thread(target=write)
         writer.start()
@@ -212,7 +219,7 @@ def outcome_of(wire: bytes, piece: int):
 
     def write():
         for start in range(0, len(wire), piece):
-            theirs.sendall(wire[start:start + piece])
+            theirs.sendall(wire[start : start + piece])
             time.sleep(0.002)
         theirs.shutdown(socket.SHUT_WR)
 

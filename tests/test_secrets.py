@@ -30,8 +30,12 @@ def test_the_password_appears_nowhere(mta_config, mta_smtpd, mta_layers, caplog)
     connection = Connection(debug=True)
     seen += [repr(connection), repr(vars(connection)), repr(connection.smtp_pass)]
     with Delivery(connection) as delivery:
-        for fault in [{}, {"point": "RCPT", "close": True}, {"point": "DATA", "hang": True},
-                      {"point": "MAIL", "reply": "535 5.7.8 no"}]:
+        for fault in [
+            {},
+            {"point": "RCPT", "close": True},
+            {"point": "DATA", "hang": True},
+            {"point": "MAIL", "reply": "535 5.7.8 no"},
+        ]:
             if fault:
                 mta_smtpd.script(**fault)
             result = delivery.deliver("anne@example.com", ["bart@example.com"], "Subject: x\n\n")
@@ -125,7 +129,7 @@ def test_a_config_line_with_a_password_is_not_echoed_when_it_cannot_be_parsed(tm
     layer = tmp_path / "site.cfg"
     layer.write_text(f"[mta]\nsmtp_user: anne\nsmtp_pass {PASSWORD}\n")
     result = CliRunner().invoke(main, ["-c", str(layer), "config"])
-    assert result.exit_code == 1
+    assert result.exit_code == 78
     assert "line 3 (starting 'smtp_pass') is not 'key: value'" in result.output
     assert PASSWORD not in result.output
     result = CliRunner().invoke(main, ["-o", f"mta.smtp_pass {PASSWORD}", "config"])

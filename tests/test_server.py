@@ -6,6 +6,8 @@ import smtplib
 
 import pytest
 
+from mailman_mta.connection import Connection
+from mailman_mta.delivery import Delivery
 from mailman_mta.testing import CountingSMTPServer
 
 
@@ -90,3 +92,39 @@ def test_a_restart_listens_on_the_same_port():
         with smtplib.SMTP(server.hostname, port) as client:
             client.noop()
         assert server.get_connection_count() == 1
+
+
+def test_refusals_by_pattern(mta_smtpd):
+    mta_smtpd.refuse_matching("*@gone.example")
+    mta_smtpd.refuse_matching("bounce-*", "553 5.1.3 Not here")
+    with Connection(mta_smtpd.hostname, mta_smtpd.port, 0) as connection:
+        refused = connection.sendmail(
+            "a@example.com", ["x@GONE.example", "bounce-1@example.com", "b@example.com"], "Subject: x\n\n"
+        )
+    assert {address: code for address, (code, _) in refused.items()} == {
+        "x@GONE.example": 550,
+        "bounce-1@example.com": 553,
+    }
+    with pytest.raises(ValueError, match="is not an SMTP reply line"):
+        mta_smtpd.refuse_matching("*", "oops")
+
+
+def test_random_failures_and_drops_are_repeatable_with_a_seed(mta_smtpd):
+    def run() -> tuple[int, int]:
+        mta_smtpd.misbehave_at_random(fail_rate=0.3, drop_rate=0.3, seed=7)
+        before = len(mta_smtpd.received)
+        with Delivery(Connection(mta_smtpd.hostname, mta_smtpd.port, 0, max_connections=1)) as delivery:
+            results = [
+                delivery.deliver("a@example.com", [f"m{i}@example.com" for i in range(5)], "Subject: x\n\n")
+                for _ in range(8)
+            ]
+        temporary = sum(len(result.temporary) for result in results)
+        return temporary, len(mta_smtpd.received) - before
+
+    first = run()
+    assert first == run()
+    temporary, kept = first
+    assert 0 < temporary < 40 and 0 < kept < 8
+    mta_smtpd.misbehave_at_random()
+    with pytest.raises(ValueError, match="fail_rate must be from 0 to 1"):
+        mta_smtpd.misbehave_at_random(fail_rate=2)

@@ -87,11 +87,17 @@ def test_bulk_merges_refusals_from_every_chunk(mta_config, mta_smtpd, mta_layers
     mta_smtpd.refuse_recipient("d@example.org", "451 4.3.0 Later")
     mta_smtpd.script("MAIL", reply="452 4.3.1 Full", times=1)
     with Delivery() as delivery:
-        result = delivery.deliver("l@example.com", ["a@example.com", "b@example.com", "c@example.org", "d@example.org",
-                                                    "e@example.net"], MESSAGE)
+        result = delivery.deliver(
+            "l@example.com",
+            ["a@example.com", "b@example.com", "c@example.org", "d@example.org", "e@example.net"],
+            MESSAGE,
+        )
     assert result.transactions == 3
     assert {r: f.code for r, f in result.refused.items()} == {
-        "a@example.com": 452, "b@example.com": 452, "d@example.org": 451}
+        "a@example.com": 452,
+        "b@example.com": 452,
+        "d@example.org": 451,
+    }
     assert result.accepted == ("c@example.org", "e@example.net")
 
 
@@ -103,7 +109,11 @@ def test_individual_delivery_sends_one_copy_each(mta_config, mta_smtpd, mta_laye
     with Delivery() as delivery:
         result = delivery.deliver("list@example.com", ["a@example.com", "b@example.com", "c@example.com"], MESSAGE)
     assert result.transactions == 3
-    assert sorted(r.rcpt_tos for r in mta_smtpd.received) == [("a@example.com",), ("b@example.com",), ("c@example.com",)]
+    assert sorted(r.rcpt_tos for r in mta_smtpd.received) == [
+        ("a@example.com",),
+        ("b@example.com",),
+        ("c@example.com",),
+    ]
     assert {r.mail_from for r in mta_smtpd.received} == {"list@example.com"}
 
 
@@ -141,7 +151,10 @@ def test_verp_with_devmode_encodes_the_real_member(mta_config, mta_smtpd, mta_la
     with Delivery() as delivery:
         delivery.deliver("bounces@lists.example.org", ["anne@example.com"], MESSAGE)
     (received,) = mta_smtpd.received
-    assert (received.mail_from, received.rcpt_tos) == ("bounces+anne=example.com@lists.example.org", ("dev@example.com",))
+    assert (received.mail_from, received.rcpt_tos) == (
+        "bounces+anne=example.com@lists.example.org",
+        ("dev@example.com",),
+    )
 
 
 def test_verp_format_from_a_layer(mta_config, mta_smtpd, mta_layers):
@@ -151,12 +164,18 @@ def test_verp_format_from_a_layer(mta_config, mta_smtpd, mta_layers):
     assert mta_smtpd.received[0].mail_from == "owner-anne=example.com@lists.example.org"
 
 
-@pytest.mark.parametrize("format, words", [
-    ("$bounces+$local@$bounces_domain", "must contain $local and $domain"),
-    ("$bounces+$local=$domain=$local@x", "uses $local more than once"),
-    ("$who+$local=$domain@$bounces_domain", "unknown names: who"),
-    ("$bounces-$local-$domain@$bounces_domain", "is ambiguous: 'a+b=c-d.e@sub-1.example.co.uk' would not decode back"),
-])
+@pytest.mark.parametrize(
+    "format, words",
+    [
+        ("$bounces+$local@$bounces_domain", "must contain $local and $domain"),
+        ("$bounces+$local=$domain=$local@x", "uses $local more than once"),
+        ("$who+$local=$domain@$bounces_domain", "unknown names: who"),
+        (
+            "$bounces-$local-$domain@$bounces_domain",
+            "is ambiguous: 'a+b=c-d.e@sub-1.example.co.uk' would not decode back",
+        ),
+    ],
+)
 def test_a_bad_verp_format_is_refused_by_name(mta_config, format, words):
     with pytest.raises(ConfigurationError, match=r"\[verp\] format: ") as caught:
         mta_config.push("bad", f"[verp]\nformat: {format}\n")
@@ -173,10 +192,15 @@ def test_a_recipient_verp_cannot_encode_is_refused_alone(mta_smtpd):
     assert [r.mail_from for r in mta_smtpd.received] == ["bounces+bart=example.com@lists.example.org"]
 
 
-FORMATS = ["$bounces+$local=$domain@$bounces_domain", "$bounces-$local=$domain@$bounces_domain",
-           "bounce.$local=$domain@$bounces_domain", "$bounces+$local=$domain@verp.$bounces_domain"]
-plain_senders = st.builds(lambda local, domain: f"{local}@{domain}",
-                          st.from_regex(r"[a-z0-9_]{1,20}", fullmatch=True), domains)
+FORMATS = [
+    "$bounces+$local=$domain@$bounces_domain",
+    "$bounces-$local=$domain@$bounces_domain",
+    "bounce.$local=$domain@$bounces_domain",
+    "$bounces+$local=$domain@verp.$bounces_domain",
+]
+plain_senders = st.builds(
+    lambda local, domain: f"{local}@{domain}", st.from_regex(r"[a-z0-9_]{1,20}", fullmatch=True), domains
+)
 
 
 @given(st.sampled_from(FORMATS), plain_senders, addresses)

@@ -44,8 +44,9 @@ def send(connection: Connection) -> dict:
 
 def test_starttls_with_a_verified_certificate(ca, ca_file):
     with CountingSMTPServer(tls_context=server_context(ca), require_starttls=True) as server:
-        connection = Connection(server.hostname, server.port, 0, "testuser", "testpass",
-                                secure_mode="starttls", ca_file=ca_file)
+        connection = Connection(
+            server.hostname, server.port, 0, "testuser", "testpass", secure_mode="starttls", ca_file=ca_file
+        )
         assert send(connection) == {}
         assert server.commands[:4] == ["EHLO", "STARTTLS", "EHLO", "AUTH"]
         assert server.received[0].authenticated_as == "testuser"
@@ -81,17 +82,21 @@ def test_a_certificate_for_another_host_is_refused(ca, ca_file):
 
 def test_verification_can_be_relaxed_explicitly(ca, ca_file):
     with CountingSMTPServer(tls_context=server_context(ca, "mail.example.org")) as server:
-        send(Connection(server.hostname, server.port, 0, secure_mode="starttls", ca_file=ca_file,
-                        verify_hostname=False))
+        send(
+            Connection(server.hostname, server.port, 0, secure_mode="starttls", ca_file=ca_file, verify_hostname=False)
+        )
         send(Connection(server.hostname, server.port, 0, secure_mode="starttls", verify_cert=False))
         assert len(server.messages) == 2
 
 
 def test_starttls_demanded_but_not_offered_never_falls_back(ca_file):
     with CountingSMTPServer() as server:
-        connection = Connection(server.hostname, server.port, 0, "testuser", "testpass",
-                                secure_mode="starttls", ca_file=ca_file)
-        with pytest.raises(TLSError, match=rf"127.0.0.1:{server.port} does not offer STARTTLS.*refusing to send in plaintext"):
+        connection = Connection(
+            server.hostname, server.port, 0, "testuser", "testpass", secure_mode="starttls", ca_file=ca_file
+        )
+        with pytest.raises(
+            TLSError, match=rf"127.0.0.1:{server.port} does not offer STARTTLS.*refusing to send in plaintext"
+        ):
             send(connection)
         assert server.commands == ["EHLO"]
         assert server.messages == []
@@ -109,8 +114,9 @@ def test_starttls_refused_by_the_server(ca, ca_file):
 
 def test_minimum_tls_version(ca, ca_file):
     with CountingSMTPServer(tls_context=server_context(ca, maximum=ssl.TLSVersion.TLSv1_2)) as server:
-        old = Connection(server.hostname, server.port, 0, secure_mode="starttls", ca_file=ca_file,
-                         tls_min_version="TLSv1.3")
+        old = Connection(
+            server.hostname, server.port, 0, secure_mode="starttls", ca_file=ca_file, tls_min_version="TLSv1.3"
+        )
         with pytest.raises(TLSError):
             send(old)
         send(Connection(server.hostname, server.port, 0, secure_mode="starttls", ca_file=ca_file))
@@ -119,12 +125,15 @@ def test_minimum_tls_version(ca, ca_file):
 
 def test_tls_settings_from_a_config_layer(ca, ca_file, mta_layers, mta_config):
     with CountingSMTPServer(tls_context=server_context(ca)) as server:
-        mta_layers.push("tls", f"""
+        mta_layers.push(
+            "tls",
+            f"""
             [mta]
             smtp_port: {server.port}
             secure_mode: starttls
             ca_file: {ca_file}
-            """)
+            """,
+        )
         assert send(Connection()) == {}
         assert server.commands[:3] == ["EHLO", "STARTTLS", "EHLO"]
 

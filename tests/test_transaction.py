@@ -129,13 +129,16 @@ def test_a_success_code_meant_for_another_command_is_not_acceptance(relay, code)
     assert relay.kept == []
 
 
-@pytest.mark.parametrize("step, action, code", [
-    ("data", Action(reply=b"421 4.3.2 Bye\r\n", close=True), 421),
-    ("data", Action(reply=b"451 4.3.0 Not now\r\n"), 451),
-    ("data", Action(reply=b"", close=True), 444),
-    ("end", Action(reply=b"451 4.3.0 Queue trouble\r\n"), 451),
-    ("end", Action(reply=b"", close=True), 444),
-])
+@pytest.mark.parametrize(
+    "step, action, code",
+    [
+        ("data", Action(reply=b"421 4.3.2 Bye\r\n", close=True), 421),
+        ("data", Action(reply=b"451 4.3.0 Not now\r\n"), 451),
+        ("data", Action(reply=b"", close=True), 444),
+        ("end", Action(reply=b"451 4.3.0 Queue trouble\r\n"), 451),
+        ("end", Action(reply=b"", close=True), 444),
+    ],
+)
 def test_a_transaction_that_fails_late_fails_every_accepted_recipient(relay, step, action, code):
     relay.script(*plan(rcpt2=Action(reply=b"550 5.1.1 No such user\r\n"), **{step: action}))
     result = deliver(relay)
@@ -157,8 +160,9 @@ def test_a_message_kept_without_a_reply_may_have_arrived_and_is_not_sent_again(r
 
 
 def test_a_partly_accepted_transaction_reports_each_recipient(relay):
-    relay.script(*plan(rcpt1=Action(reply=b"452 4.2.2 Mailbox full\r\n"),
-                       rcpt3=Action(reply=b"550 5.1.1 No such user\r\n")))
+    relay.script(
+        *plan(rcpt1=Action(reply=b"452 4.2.2 Mailbox full\r\n"), rcpt3=Action(reply=b"550 5.1.1 No such user\r\n"))
+    )
     result = deliver(relay)
     assert result.accepted == ("bart@example.com",)
     assert result.temporary == {"anne@example.com": (452, "4.2.2 Mailbox full")}
@@ -189,10 +193,15 @@ UNREADABLE = {
 }
 
 
-@pytest.mark.parametrize("step, kind", [
-    (step, kind) for step in ("mail", "rcpt1", "rcpt2", "data") for kind in UNREADABLE
-    if (step, kind) != ("data", "wrong class")  # 354 is the right class for DATA
-])
+@pytest.mark.parametrize(
+    "step, kind",
+    [
+        (step, kind)
+        for step in ("mail", "rcpt1", "rcpt2", "data")
+        for kind in UNREADABLE
+        if (step, kind) != ("data", "wrong class")  # 354 is the right class for DATA
+    ],
+)
 def test_an_unreadable_reply_is_temporary(relay, step, kind):
     relay.script(*plan(**{step: Action(reply=UNREADABLE[kind])}))
     result = deliver(relay)
@@ -379,8 +388,9 @@ def test_pipelined_and_every_recipient_refused_sends_no_message(pipelining_relay
 
 def test_a_server_inviting_data_for_a_refused_transaction_is_disconnected(pipelining_relay):
     refusal = Action(reply=b"550 5.1.1 No such user\r\n")
-    pipelining_relay.script(*plan(rcpt1=refusal, rcpt2=refusal, rcpt3=refusal,
-                                  data=Action(reply=b"354 go on then\r\n")))
+    pipelining_relay.script(
+        *plan(rcpt1=refusal, rcpt2=refusal, rcpt3=refusal, data=Action(reply=b"354 go on then\r\n"))
+    )
     result = deliver(pipelining_relay)
     assert {failure.code for failure in result.refused.values()} == {550}
     assert pipelining_relay.kept == []
@@ -388,8 +398,13 @@ def test_a_server_inviting_data_for_a_refused_transaction_is_disconnected(pipeli
 
 
 def test_a_refused_transaction_is_reset_and_the_connection_reused(relay):
-    relay.script(*plan(rcpt1=Action(reply=b"550 5.1.1 No\r\n"), rcpt2=Action(reply=b"550 5.1.1 No\r\n"),
-                       rcpt3=Action(reply=b"550 5.1.1 No\r\n")))
+    relay.script(
+        *plan(
+            rcpt1=Action(reply=b"550 5.1.1 No\r\n"),
+            rcpt2=Action(reply=b"550 5.1.1 No\r\n"),
+            rcpt3=Action(reply=b"550 5.1.1 No\r\n"),
+        )
+    )
     connection = Connection(relay.hostname, relay.port, 0)
     with Delivery(connection) as delivery:
         assert not delivery.deliver("list@example.org", THREE, MESSAGE).accepted

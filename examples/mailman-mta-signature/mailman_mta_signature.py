@@ -6,12 +6,16 @@ from mailman_mta.values import as_flag
 
 @hookimpl
 def mta_declare_config(schema):
-    schema.add_section("signature", """
+    schema.add_section(
+        "signature",
+        """
         # The line added at the end of every message.
         text: -- sent through our lists
         # Whether to add it again to a message that already ends with it.
         repeat: no
-        """, repeat=as_flag)
+        """,
+        repeat=as_flag,
+    )
 
 
 @hookimpl

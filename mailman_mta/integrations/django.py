@@ -77,8 +77,9 @@ class EmailBackend(BaseEmailBackend):
         use_tls = settings.EMAIL_USE_TLS if use_tls is None else use_tls
         use_ssl = settings.EMAIL_USE_SSL if use_ssl is None else use_ssl
         if use_tls and use_ssl:
-            raise ValueError("EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those "
-                             "settings to True.")
+            raise ValueError(
+                "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those settings to True."
+            )
         self.config = Configuration()
         files = getattr(settings, "MAILMAN_MTA_CONFIG", ())
         for path in [files] if isinstance(files, str) else files:
@@ -113,8 +114,9 @@ class EmailBackend(BaseEmailBackend):
         if not self.ssl_certfile:
             return None
         mta = self.config.settings.mta
-        context = tls.new_client_context(mta.verify_cert, mta.verify_hostname, mta.ca_file, mta.ca_path,
-                                         mta.tls_min_version)
+        context = tls.new_client_context(
+            mta.verify_cert, mta.verify_hostname, mta.ca_file, mta.ca_path, mta.tls_min_version
+        )
         context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
         return context
 
@@ -164,6 +166,7 @@ class EmailBackend(BaseEmailBackend):
         sender = sanitize_address(message.from_email, encoding)
         addresses = [sanitize_address(address, encoding) for address in recipients]
         data = message.message().as_bytes(linesep="\r\n")
+        assert self.connection is not None, "send_messages opened it"
         try:
             self.connection.sendmail(sender, addresses, data)
         except (OSError, smtplib.SMTPException, MTAError):

@@ -101,8 +101,7 @@ def deliver(mlist: Any, msg: Any, msgdata: dict) -> None:
     recipients = msgdata.get("recipients")
     if not recipients:
         return
-    sender = msgdata.get("sender") or (mailman_config.mailman.site_owner if mlist is None
-                                       else mlist.bounces_address)
+    sender = msgdata.get("sender") or (mailman_config.mailman.site_owner if mlist is None else mlist.bounces_address)
     individual = msgdata.get("verp", False) or (mlist is not None and mlist.personalize != Personalization.none)
     message_id = (msg.get("message-id") or "n/a").strip()
     with Delivery(Connection(delivery="bulk")) as delivery:
@@ -111,22 +110,29 @@ def deliver(mlist: Any, msg: Any, msgdata: dict) -> None:
         else:
             results = [delivery.deliver(sender, sorted(recipients), msg)]
     temporary, permanent = _verdicts(results)
-    log.info("%s mailman-mta delivered to %d of %d recipients (%d temporary, %d permanent failures)",
-             message_id, len(recipients) - len(temporary) - len(permanent), len(recipients),
-             len(temporary), len(permanent))
+    log.info(
+        "%s mailman-mta delivered to %d of %d recipients (%d temporary, %d permanent failures)",
+        message_id,
+        len(recipients) - len(temporary) - len(permanent),
+        len(recipients),
+        len(temporary),
+        len(permanent),
+    )
     if temporary or permanent:
         raise SomeRecipientsFailed(temporary, permanent)
 
 
-def _copies(mlist: Any, msg: Any, msgdata: dict, sender: str,
-            recipients: Sequence[str]) -> Iterator[tuple[str, list[str], Any]]:
+def _copies(
+    mlist: Any, msg: Any, msgdata: dict, sender: str, recipients: Sequence[str]
+) -> Iterator[tuple[str, list[str], Any]]:
     """(sender, [recipient], message) for each recipient, made by Mailman's own per-copy steps."""
     agent = Deliver()
     verp_format = default_config.settings.verp.format
     for recipient in recipients:
         message = copy.deepcopy(msg)
-        data = dict(msgdata, recipient=recipient,
-                    member=mlist.members.get_member(recipient) if mlist is not None else None)
+        data = dict(
+            msgdata, recipient=recipient, member=mlist.members.get_member(recipient) if mlist is not None else None
+        )
         for callback in agent.callbacks:
             callback(mlist, message, data)
         copy_sender = sender

@@ -11,5 +11,12 @@ session the ``mta_smtpd`` and ``mta_config`` fixtures.
 from .scripted import Action, ScriptedSMTPServer
 from .server import DEFAULT_CREDENTIALS, FAULT_POINTS, CountingSMTPServer, Fault, ReceivedMessage
 
-__all__ = ["DEFAULT_CREDENTIALS", "FAULT_POINTS", "Action", "CountingSMTPServer", "Fault", "ReceivedMessage",
-           "ScriptedSMTPServer"]
+__all__ = [
+    "DEFAULT_CREDENTIALS",
+    "FAULT_POINTS",
+    "Action",
+    "CountingSMTPServer",
+    "Fault",
+    "ReceivedMessage",
+    "ScriptedSMTPServer",
+]

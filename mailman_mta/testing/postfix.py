@@ -110,8 +110,9 @@ def install() -> None:
     if shutil.which("apt-get") is None:
         raise RuntimeError("apt-get is not available: install the Debian packages " + " ".join(PACKAGES))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    selections = (f"postfix postfix/main_mailer_type select No configuration\n"
-                  f"postfix postfix/mailname string {HOSTNAME}\n")
+    selections = (
+        f"postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string {HOSTNAME}\n"
+    )
     subprocess.run(["debconf-set-selections"], input=selections, text=True, check=True, env=env)
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], check=True, env=env)
@@ -224,6 +225,7 @@ class PostfixTestbed:
         import trustme
 
         base = self.base
+        assert base is not None, "the testbed is being set up"
         config, queue, data = base / "config", base / "queue", base / "data"
         for path in (config, queue, data, config / "sasl"):
             path.mkdir(parents=True)
@@ -244,8 +246,13 @@ class PostfixTestbed:
             f"sasldb_path: {config / 'sasldb2'}\n"
         )
         for user, password in self.users.items():
-            subprocess.run(["saslpasswd2", "-p", "-c", "-f", str(config / "sasldb2"), "-u", HOSTNAME, user],
-                           input=password, text=True, check=True, capture_output=True)
+            subprocess.run(
+                ["saslpasswd2", "-p", "-c", "-f", str(config / "sasldb2"), "-u", HOSTNAME, user],
+                input=password,
+                text=True,
+                check=True,
+                capture_output=True,
+            )
         if self.users:
             shutil.chown(config / "sasldb2", "postfix")
             (config / "sasldb2").chmod(0o600)
@@ -253,16 +260,17 @@ class PostfixTestbed:
         shutil.copy("/usr/share/postfix/master.cf.dist", config / "master.cf")
         (config / "main.cf").write_text("")
         settings = dict(MAIN_CF)
-        settings.update({
-            "queue_directory": str(queue),
-            "data_directory": str(data),
-            "maillog_file": str(base / "maillog"),
-            "maillog_file_prefixes": str(base),
-
-            "smtpd_recipient_restrictions": f"check_recipient_access texthash:{config / 'recipient_access'}",
-            "smtpd_tls_chain_files": str(config / "server.pem"),
-            "cyrus_sasl_config_path": str(config / "sasl"),
-        })
+        settings.update(
+            {
+                "queue_directory": str(queue),
+                "data_directory": str(data),
+                "maillog_file": str(base / "maillog"),
+                "maillog_file_prefixes": str(base),
+                "smtpd_recipient_restrictions": f"check_recipient_access texthash:{config / 'recipient_access'}",
+                "smtpd_tls_chain_files": str(config / "server.pem"),
+                "cyrus_sasl_config_path": str(config / "sasl"),
+            }
+        )
         if self.discard:
             settings.update(default_transport="discard", relay_transport="discard", local_transport="discard")
         else:
@@ -277,7 +285,9 @@ class PostfixTestbed:
         self._run(["postconf", "-c", str(self.config_directory), *args])
 
     def _postfix(self, *args: str, base: Path | None = None, check: bool = True) -> None:
-        config = (base or self.base) / "config"
+        base = base or self.base
+        assert base is not None, "the testbed is running"
+        config = base / "config"
         self._run(["postfix", "-c", str(config), *args], check=check)
 
     def _run(self, command: list[str], check: bool = True) -> None:
@@ -286,9 +296,7 @@ class PostfixTestbed:
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             tail = "\n".join(self.log().splitlines()[-10:]) if self.base else ""
-            raise RuntimeError(
-                f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}\n{tail}"
-            )
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}\n{tail}")
 
     def _wait_until_listening(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -300,8 +308,10 @@ class PostfixTestbed:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Postfix did not start listening on {self.hostname}:{self.port} "
-                                   f"within {timeout:g} s:\n{self.log()[-2000:]}")
+                raise RuntimeError(
+                    f"Postfix did not start listening on {self.hostname}:{self.port} "
+                    f"within {timeout:g} s:\n{self.log()[-2000:]}"
+                )
             time.sleep(0.05)
 
     def _wait_until_closed(self, timeout: float = 20.0) -> None:
@@ -319,11 +329,18 @@ def main() -> None:  # pragma: no cover - a manual helper, exercised by scripts/
     """Run a testbed with a capture server until Ctrl-C (for manual experiments)."""
     from .server import CountingSMTPServer
 
-    with CountingSMTPServer(credentials=None, on_message=lambda m: print(
-            f"captured: from {m.mail_from} to {', '.join(m.rcpt_tos)} ({len(m.content)} bytes)", flush=True)) as capture:
+    with CountingSMTPServer(
+        credentials=None,
+        on_message=lambda m: print(
+            f"captured: from {m.mail_from} to {', '.join(m.rcpt_tos)} ({len(m.content)} bytes)", flush=True
+        ),
+    ) as capture:
         with PostfixTestbed(relay_port=capture.port) as postfix:
-            print(f"Postfix listening on 127.0.0.1:{postfix.port} (STARTTLS CA: {postfix.ca_file}; "
-                  f"SASL user testuser/testpass); relaying to 127.0.0.1:{capture.port}", flush=True)
+            print(
+                f"Postfix listening on 127.0.0.1:{postfix.port} (STARTTLS CA: {postfix.ca_file}; "
+                f"SASL user testuser/testpass); relaying to 127.0.0.1:{capture.port}",
+                flush=True,
+            )
             print(f"started in {postfix.setup_seconds:.2f} s; Ctrl-C stops it", flush=True)
             try:
                 while True:

@@ -208,9 +208,11 @@ class ScriptedSMTPServer:
         thread.start()
 
     def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None, "started"
         while not self._stopping.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -359,8 +361,7 @@ class _Session:
     def on_EHLO(self, line: bytes) -> None:
         lines = [b"scripted.example", *(extension.encode() for extension in self.server.extensions)]
         normal = b"".join(
-            b"250" + (b" " if index == len(lines) - 1 else b"-") + text + b"\r\n"
-            for index, text in enumerate(lines)
+            b"250" + (b" " if index == len(lines) - 1 else b"-") + text + b"\r\n" for index, text in enumerate(lines)
         )
         self.finish(self.step(normal)[0])
 
@@ -388,8 +389,9 @@ class _Session:
     def on_DATA(self, line: bytes) -> None:
         transaction = self.transaction
         ready = transaction is not None and transaction.accepted
-        action, reply = self.step(b"354 End data with <CR><LF>.<CR><LF>\r\n" if ready
-                                  else b"503 5.5.1 Error: no valid recipients\r\n")
+        action, reply = self.step(
+            b"354 End data with <CR><LF>.<CR><LF>\r\n" if ready else b"503 5.5.1 Error: no valid recipients\r\n"
+        )
         if transaction is not None:
             transaction.data_code = reply_code(reply)
         self.finish(action)

@@ -16,27 +16,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import fnmatch
 import functools
 import json
 import logging
+import random
 import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message as EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import MessageBase
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, auth_mechanism
 
 #: The credentials the server accepts unless told otherwise (as in the
 #: Mailman connection doctests).
 DEFAULT_CREDENTIALS: Mapping[str, str] = {"testuser": "testpass"}
-
 
 
 class _HideLoginDataNotice(logging.Filter):
@@ -67,8 +68,19 @@ class ReceivedMessage:
 #: before the greeting, at each command, after the 354 while the message is
 #: arriving, and after its final dot (instead of the "250 OK").
 FAULT_POINTS = (
-    "CONNECT", "HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
-    "MID-DATA", "END-OF-DATA", "NOOP", "RSET", "QUIT",
+    "CONNECT",
+    "HELO",
+    "EHLO",
+    "STARTTLS",
+    "AUTH",
+    "MAIL",
+    "RCPT",
+    "DATA",
+    "MID-DATA",
+    "END-OF-DATA",
+    "NOOP",
+    "RSET",
+    "QUIT",
 )
 
 #: A "hang" fault stops answering for this long at most; the client's own
@@ -111,20 +123,18 @@ class _Handler(MessageBase):
         self.server = server
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        fault = self.server._take_fault("END-OF-DATA")
-        if fault is None:
-            self._record(session, envelope)
-            return "250 OK"
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.accept or not fault.replaces_answer():
-            self._record(session, envelope)
-        if fault.hang:
-            await server._hang()
-        if fault.reply and fault.close:
-            await server.push(fault.reply)
-        if fault.close:
+        if self.server._chance("drop"):
+            # The relay dies after the message, before its answer: lost.
             await server._drop()
+            return "451 4.3.0 Not kept"  # never seen: the connection is gone
+        fault = self.server._take_fault("END-OF-DATA")
+        if fault is None or fault.accept or not fault.replaces_answer():
+            self._record(session, envelope)
+        if fault is None:
+            return "250 OK"
+        # A reply that closes is pushed before closing; one that does not
+        # is aiosmtpd's answer, returned.
+        await server._misbehave(fault, push_reply=fault.close)
         return fault.reply or "250 OK"
 
     def _record(self, session, envelope) -> None:
@@ -153,7 +163,7 @@ class _Handler(MessageBase):
         return [line for line in responses if line[4:].split(" ", 1)[0].upper() not in hidden]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
-        reply = self.server._refusals.get(address)
+        reply = self.server._refusal_for(address)
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -188,29 +198,28 @@ class _CountingSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         fault = self._counting_server._take_fault("CONNECT")
-        if fault is not None:
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.hang:
-                await self._hang()
-            if fault.replaces_answer():
-                # A refusal instead of the greeting always ends the connection.
-                if fault.reply:
-                    await self.push(fault.reply)
-                await self._drop()
-                return
+        # A refusal instead of the greeting always ends the connection.
+        if fault is not None and await self._misbehave(replace(fault, close=fault.replaces_answer())):
+            return
         await super()._handle_client()
 
     async def _fault(self, point: str) -> bool:
-        """Apply a scripted fault at *point*; True if it replaced the answer."""
+        """Apply the fault scripted at *point*, if any; True if it replaced the answer."""
         fault = self._counting_server._take_fault(point)
-        if fault is None:
-            return False
+        return fault is not None and await self._misbehave(fault)
+
+    async def _misbehave(self, fault: Fault, *, push_reply: bool = True) -> bool:
+        """Carry out *fault*, the one way every point does: wait, hang, reply, close.
+
+        Returns True if the fault replaced the normal answer.  With
+        *push_reply* false the reply is left for the caller to return (as
+        aiosmtpd's handlers answer).
+        """
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.hang:
             await self._hang()
-        if fault.reply:
+        if fault.reply and push_reply:
             await self.push(fault.reply)
         if fault.close:
             await self._drop()
@@ -221,13 +230,13 @@ class _CountingSMTP(SMTP):
             await asyncio.sleep(HANG_SECONDS)
         finally:
             # Also when cancelled (the client left, or the server stops).
-            if self.transport is not None:
+            if isinstance(self.transport, asyncio.WriteTransport):
                 self.transport.abort()
         await self._drop()
 
     async def _drop(self) -> None:
         """Close the connection at once, and wait to be cancelled by it."""
-        if self.transport is not None:
+        if isinstance(self.transport, asyncio.WriteTransport):
             self.transport.abort()
         await asyncio.sleep(1)
 
@@ -246,9 +255,10 @@ class _CountingSMTP(SMTP):
             except (binascii.Error, ValueError):
                 return AuthResult(success=False, handled=True, message="501 5.5.2 Cannot decode response")
         else:
-            response = await self.challenge_auth("", log_client_response=False)
-            if response is MISSING:
+            answer = await self.challenge_auth("", log_client_response=False)
+            if not isinstance(answer, bytes):
                 return AuthResult(success=False, handled=True, message="501 5.7.0 Auth aborted")
+            response = answer
         server = self._counting_server
         fields = dict(part.split("=", 1) for part in response.decode("utf-8", "replace").split("\x01") if "=" in part)
         user, bearer = fields.get("user", ""), fields.get("auth", "")
@@ -271,16 +281,12 @@ class _CountingSMTP(SMTP):
         if await self._fault("DATA"):
             return
         fault = self._counting_server._take_fault("MID-DATA")
-        if fault is None or not self.envelope.rcpt_tos:
+        if fault is None or self.envelope is None or not self.envelope.rcpt_tos:
             await super().smtp_DATA(arg)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         await self._reader.readuntil(b"\r\n")
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.hang:
-            await self._hang()
-        await self._drop()
+        await self._misbehave(replace(fault, close=True))
 
 
 def _with_faults(verb: str):
@@ -313,6 +319,7 @@ class _Controller(Controller):
         # port 0 it would connect to port 0.  Read the port the listener was
         # really given, and connect from a port we tell the server to ignore,
         # so the probe is not counted as a client.
+        assert isinstance(self.server, asyncio.Server), "listening"
         self.port = self.server.sockets[0].getsockname()[1]
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.settimeout(self.ready_timeout)
@@ -384,6 +391,9 @@ class CountingSMTPServer:
         self.on_message = on_message
         self._probe_ports: set[int] = set()
         self._refusals: dict[str, str] = {}
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
+        self._rates = {"fail": 0.0, "drop": 0.0}
+        self._random = random.Random()
         self._faults: list[Fault] = []
         self._live: set[_CountingSMTP] = set()
         self._controller: _Controller | None = None
@@ -565,7 +575,7 @@ class CountingSMTPServer:
         async def drop() -> int:
             protocols = list(self._live)
             for protocol in protocols:
-                if protocol.transport is not None:
+                if isinstance(protocol.transport, asyncio.WriteTransport):
                     if reply:
                         protocol.transport.write(reply.encode() + b"\r\n")
                     protocol.transport.close()
@@ -578,6 +588,31 @@ class CountingSMTPServer:
         """Answer RCPT TO for *address* with *reply* (a full SMTP reply line)."""
         with self._lock:
             self._refusals[address] = reply
+
+    def refuse_matching(self, pattern: str, reply: str = "550 5.1.1 No such user") -> None:
+        """Answer RCPT TO with *reply* for every address matching the shell-style *pattern*.
+
+        Case-insensitive: ``*@example.org``, ``bounce-*``, ``?@*``.
+        """
+        if not _REPLY.match(reply):
+            raise ValueError(f"reply {reply!r} is not an SMTP reply line like '550 5.1.1 No such user'")
+        with self._lock:
+            self._patterns.append((re.compile(fnmatch.translate(pattern), re.IGNORECASE), reply))
+
+    def misbehave_at_random(self, *, fail_rate: float = 0.0, drop_rate: float = 0.0, seed: int | None = None) -> None:
+        """Refuse a share of recipients for now, and drop a share of messages, at random.
+
+        *fail_rate* of RCPTs get ``451 4.3.0`` (try again later); after
+        *drop_rate* of messages the connection is closed before the answer
+        to the final dot, and the message is not kept (the client cannot
+        tell whether it arrived).  *seed* makes the choices repeatable.
+        """
+        for name, rate in (("fail_rate", fail_rate), ("drop_rate", drop_rate)):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be from 0 to 1, not {rate!r}")
+        with self._lock:
+            self._rates = {"fail": fail_rate, "drop": drop_rate}
+            self._random = random.Random(seed)
 
     # -- called from the server thread -----------------------------------
 
@@ -592,6 +627,20 @@ class CountingSMTPServer:
     def _on_command(self, verb: str) -> None:
         with self._lock:
             self._record.commands.append(verb)
+
+    def _refusal_for(self, address: str) -> str | None:
+        with self._lock:
+            reply = self._refusals.get(address)
+            if reply is None:
+                reply = next((reply for pattern, reply in self._patterns if pattern.fullmatch(address)), None)
+        if reply is None and self._chance("fail"):
+            reply = "451 4.3.0 Temporary failure, chosen at random (misbehave_at_random)"
+        return reply
+
+    def _chance(self, what: str) -> bool:
+        with self._lock:
+            rate = self._rates[what]
+            return rate > 0 and self._random.random() < rate
 
     def _take_fault(self, point: str) -> Fault | None:
         with self._lock:

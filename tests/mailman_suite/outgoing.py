@@ -17,8 +17,10 @@ from mailman.testing.helpers import (
     configuration,
     get_queue_messages,
     make_testable_runner,
-    specialized_message_from_string as message_from_string,
     subscribe,
+)
+from mailman.testing.helpers import (
+    specialized_message_from_string as message_from_string,
 )
 from mailman.testing.layers import SMTPLayer
 from zope.component import getUtility
@@ -64,7 +66,7 @@ class TestDeliver(_ListCase):
         SMTPLayer.smtpd.err_queue.put_nowait(("rcpt", 450))
         with self.assertRaises(SomeRecipientsFailed) as raised:
             deliver(self._mlist, self._msg, {"recipients": self._recipients})
-        (address, code, _), = raised.exception.permanent_failures
+        ((address, code, _),) = raised.exception.permanent_failures
         self.assertEqual((address, code), ("aperson@example.com", 550))
         self.assertEqual(raised.exception.temporary_failures, ["bperson@example.com"])
         self.assertEqual(len(self.received()), 1)
@@ -79,18 +81,27 @@ class TestDeliver(_ListCase):
     def test_verp_gives_each_copy_its_own_sender(self):
         deliver(self._mlist, self._msg, {"recipients": self._recipients, "verp": True})
         senders = sorted(message["X-MailFrom"] for message in self.received())
-        self.assertEqual(senders, [
-            "test-bounces+aperson=example.com@example.com",
-            "test-bounces+bperson=example.com@example.com",
-            "test-bounces+cperson=example.com@example.com",
-        ])
+        self.assertEqual(
+            senders,
+            [
+                "test-bounces+aperson=example.com@example.com",
+                "test-bounces+bperson=example.com@example.com",
+                "test-bounces+cperson=example.com@example.com",
+            ],
+        )
 
     def test_personalized_copies_are_made_by_mailmans_own_steps(self):
         self._mlist.personalize = Personalization.full
         deliver(self._mlist, self._msg, {"recipients": self._recipients})
         tos = sorted(message["To"] for message in self.received())
-        self.assertEqual(tos, ["Anne Person <aperson@example.com>", "Bart Person <bperson@example.com>",
-                               "Cate Person <cperson@example.com>"])
+        self.assertEqual(
+            tos,
+            [
+                "Anne Person <aperson@example.com>",
+                "Bart Person <bperson@example.com>",
+                "Cate Person <cperson@example.com>",
+            ],
+        )
 
     def test_devmode_follows_mailmans_configuration(self):
         with configuration("devmode", enabled="yes", recipient="developer@example.com"):
