@@ -18,23 +18,6 @@ TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLS
 SECURE_MODES = ("smtp", "smtps", "starttls")
 
 
-@functools.lru_cache(maxsize=32)
-def client_context(
-    verify_cert: bool = True,
-    verify_hostname: bool = True,
-    ca_file: str = "",
-    ca_path: str = "",
-    min_version: str = "TLSv1.2",
-) -> ssl.SSLContext:
-    """Return a client context for these settings (shared; do not modify it).
-
-    With *ca_file* or *ca_path*, only those CAs are trusted; otherwise the
-    system's.  *verify_hostname* needs *verify_cert*: a certificate that is
-    not checked cannot vouch for a name.
-    """
-    return new_client_context(verify_cert, verify_hostname, ca_file, ca_path, min_version)
-
-
 def new_client_context(
     verify_cert: bool = True,
     verify_hostname: bool = True,
@@ -42,7 +25,12 @@ def new_client_context(
     ca_path: str = "",
     min_version: str = "TLSv1.2",
 ) -> ssl.SSLContext:
-    """A client context of its own, as `client_context` builds it, to add to (a client certificate)."""
+    """A client context for these settings, of its own (to add to, as a client certificate).
+
+    With *ca_file* or *ca_path*, only those CAs are trusted; otherwise the
+    system's.  *verify_hostname* needs *verify_cert*: a certificate that is
+    not checked cannot vouch for a name.
+    """
     context = ssl.create_default_context(cafile=ca_file or None, capath=ca_path or None)
     context.minimum_version = TLS_VERSIONS[min_version]
     if not verify_cert:
@@ -51,3 +39,8 @@ def new_client_context(
     elif not verify_hostname:
         context.check_hostname = False
     return context
+
+
+#: `new_client_context`, cached: the context for a combination of settings
+#: is built once and shared, so it must not be modified.
+client_context = functools.lru_cache(maxsize=32)(new_client_context)
