@@ -11,22 +11,22 @@ Mailman's, live (`mailman_mta.config.Configuration.follow`): a push or
 pop of Mailman's ``[mta]`` or ``[devmode]`` drives our settings and
 plugins from the next send.  The keys, theirs on the left:
 
-=============================== ==================================
-Mailman                         mailman-mta
-=============================== ==================================
-``[mta] smtp_host``             ``[mta] smtp_host``
-``[mta] smtp_port``             ``[mta] smtp_port``
-``[mta] smtp_user``             ``[mta] smtp_user``
-``[mta] smtp_pass``             ``[mta] smtp_pass``
-``[mta] smtp_secure_mode``      ``[mta] secure_mode``
-``[mta] smtp_verify_cert``      ``[mta] verify_cert``
-``[mta] smtp_verify_hostname``  ``[mta] verify_hostname``
-``[mta] max_recipients``        ``[mta] max_recipients``
-``[mta] max_sessions_per_co...``  ``[mta] max_sessions_per_connection``
-``[mta] verp_format``           ``[verp] format`` (with ``@$bounces_domain``)
-``[devmode] enabled``           ``[devmode] enabled``
-``[devmode] recipient``         ``[devmode] recipient``
-=============================== ==================================
+======================================  ==============================================
+Mailman                                 mailman-mta
+======================================  ==============================================
+``[mta] smtp_host``                     ``[mta] smtp_host``
+``[mta] smtp_port``                     ``[mta] smtp_port``
+``[mta] smtp_user``                     ``[mta] smtp_user``
+``[mta] smtp_pass``                     ``[mta] smtp_pass``
+``[mta] smtp_secure_mode``              ``[mta] secure_mode``
+``[mta] smtp_verify_cert``              ``[mta] verify_cert``
+``[mta] smtp_verify_hostname``          ``[mta] verify_hostname``
+``[mta] max_recipients``                ``[mta] max_recipients``
+``[mta] max_sessions_per_connection``   ``[mta] max_sessions_per_connection``
+``[mta] verp_format``                   ``[verp] format`` (with ``@$bounces_domain``)
+``[devmode] enabled``                   ``[devmode] enabled``
+``[devmode] recipient``                 ``[devmode] recipient``
+======================================  ==============================================
 
 A layer pushed on mailman-mta's own configuration (``-c``, a site file)
 still wins over a followed value.
