@@ -304,8 +304,8 @@ class TranscriptPrinter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         direction = getattr(record, "smtp_direction", "*")
-        for line in getattr(record, "smtp_lines", [record.getMessage()]):
-            self.console.print(f"{direction}: {line}", soft_wrap=True)
+        line = getattr(record, "smtp_line", record.getMessage())
+        self.console.print(f"{direction}: {line}", soft_wrap=True)
 
 
 @contextmanager

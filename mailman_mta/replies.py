@@ -67,6 +67,11 @@ class Reply(NamedTuple):
     def __str__(self) -> str:
         return f"{self.code} {self.text.decode('utf-8', 'replace')}".rstrip()
 
+    def wire_lines(self) -> list[str]:
+        """The reply as the server wrote it: ``250-first``, ..., ``250 last`` (for transcripts)."""
+        texts = [line.decode("utf-8", "replace") for line in self.lines]
+        return [f"{self.code}-{text}" for text in texts[:-1]] + [f"{self.code} {texts[-1]}".rstrip()]
+
 
 class ReplyReader:
     """Reads replies from one socket; see the module docstring.

@@ -20,7 +20,6 @@ module changes is everything a hostile or broken relay could exploit:
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import hmac
@@ -162,7 +161,7 @@ class SMTPTransport(smtplib.SMTP):
 
     def _get_socket(self, host, port, timeout):
         if self.debuglevel > 0:
-            self._print_debug("connect: to", (host, port), self.source_address)
+            self._transcribe("*", [f"connecting to {host}:{port}"])
         try:
             sock = socket.create_connection((host, port), self.connect_timeout, self.source_address)
         except TimeoutError as error:
@@ -246,7 +245,7 @@ class SMTPTransport(smtplib.SMTP):
             self.close()
             raise
         if self.debuglevel > 0:
-            self._print_debug("reply:", str(reply))
+            self._transcribe("S", reply.wire_lines())
         return reply
 
     def read_replies(self, commands: Sequence[str]) -> Iterator[Reply]:
@@ -259,7 +258,7 @@ class SMTPTransport(smtplib.SMTP):
 
     def _logged(self, replies: Iterator[Reply]) -> Iterator[Reply]:
         for reply in replies:
-            self._print_debug("reply:", str(reply))
+            self._transcribe("S", reply.wire_lines())
             yield reply
 
     def unread(self) -> int:
@@ -297,7 +296,8 @@ class SMTPTransport(smtplib.SMTP):
     def send(self, s):
         """smtplib's writer of commands (EHLO, AUTH, QUIT...), through our one write path."""
         if self.debuglevel > 0:
-            self._print_debug("send:", repr(s))
+            text = s if isinstance(s, str) else s.decode("utf-8", "backslashreplace")
+            self._transcribe("C", text.rstrip("\r\n").split("\r\n"))
         if isinstance(s, str):
             s = s.encode(self.command_encoding)
         sys.audit("smtplib.send", self, s)
@@ -307,8 +307,7 @@ class SMTPTransport(smtplib.SMTP):
         """Send *data*, one or more command lines starting with *command*."""
         self.last_command = command
         if self.debuglevel > 0:
-            for line in data.splitlines(keepends=True):
-                self._print_debug("send:", repr(line.decode("utf-8", "backslashreplace")))
+            self._transcribe("C", data.decode("utf-8", "backslashreplace").rstrip("\r\n").split("\r\n"))
         self._sendall(data)
 
     def write_data(self, segments: Iterable[bytes | memoryview]) -> None:
@@ -335,7 +334,7 @@ class SMTPTransport(smtplib.SMTP):
         if pending:
             self._sendall(b"".join(pending))
         if self.debuglevel > 0:
-            self._print_debug("send:", f"(the message data: {sent} octets, with the final dot)")
+            self._transcribe("C", [f"(the message data: {sent} octets, with the final dot)"])
 
     def _sendall(self, data: bytes | memoryview) -> None:
         sock = self.sock
@@ -494,43 +493,32 @@ class SMTPTransport(smtplib.SMTP):
 
     # -- the transcript --------------------------------------------------
 
-    def _print_debug(self, *args) -> None:
-        if self._authenticating and args and args[0] == "send:":
-            # Keep "AUTH PLAIN" so the transcript shows what happened.
-            sent = args[1] if len(args) > 1 else ""
-            words = sent.strip("'\"").split()
-            shown = " ".join(words[:2]) + f" {MASK}" if sent.lstrip("'\"").startswith("AUTH") else MASK
-            args = ("send:", shown)
-        if transcript.isEnabledFor(logging.DEBUG):
-            direction, lines = _transcript_lines(args)
+    def _transcribe(self, direction: str, lines: list[str]) -> None:
+        """Log *lines* of the conversation to the ``mailman_mta.transcript`` logger, one record each.
+
+        *direction* is ``C`` (we said it), ``S`` (the server did) or ``*``
+        (a note).  While authenticating, what we say is masked, keeping
+        ``AUTH MECHANISM`` so the transcript shows what happened; replies
+        were masked by the reader.  Each record carries ``smtp_relay``,
+        ``smtp_direction`` and ``smtp_line`` for handlers that print it
+        (``mailman-mta --transcript``).
+        """
+        if not transcript.isEnabledFor(logging.DEBUG):
+            return
+        for line in lines:
+            if direction == "C" and self._authenticating:
+                words = line.split()
+                line = " ".join(words[:2] + [MASK]) if words[:1] == ["AUTH"] else MASK
             transcript.debug(
-                "%s %s",
+                "%s %s: %s",
                 self.where,
-                " ".join(map(str, args)),
-                extra={"smtp_relay": self.where, "smtp_direction": direction, "smtp_lines": lines},
+                direction,
+                line,
+                extra={"smtp_relay": self.where, "smtp_direction": direction, "smtp_line": line},
             )
 
-
-def _transcript_lines(args: tuple) -> tuple[str, list[str]]:
-    """smtplib's debug arguments as (C, S or *, the lines of the conversation they are)."""
-    kind = str(args[0]) if args else ""
-    rest = " ".join(map(str, args[1:]))
-    if kind == "send:":
-        if rest[:1] in ("'", '"'):
-            try:
-                rest = ast.literal_eval(rest)
-            except (ValueError, SyntaxError):
-                pass
-        return "C", rest.rstrip("\r\n").split("\r\n")
-    if kind == "reply:":
-        code, _, text = rest.partition(" ")
-        lines = text.split("\n")
-        return "S", [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}".rstrip()]
-    if kind == "connect:":
-        return "*", []  # the greeting, which is also logged as a reply
-    if kind == "connect: to":
-        return "*", [f"connecting to {args[1][0]}:{args[1][1]}" if len(args) > 1 else "connecting"]
-    return "*", [f"{kind} {rest}".strip()]
+    def _print_debug(self, *args) -> None:
+        """smtplib's own debug output: only its copy of the greeting is left, which we log as a reply."""
 
 
 classImplements(smtplib.SMTP, ITransport)

@@ -200,13 +200,14 @@ def test_verp_through_postfix(at_postfix, capture):
 
 def sent_before_first_reply(records) -> list[str]:
     """The verbs our transcript shows going out before the first reply after EHLO."""
-    lines = [record.getMessage().split(" ", 1)[1] for record in records]
-    start = max(i for i, line in enumerate(lines) if line.startswith("send: 'ehlo")) + 2
+    lines = [(record.smtp_direction, record.smtp_line) for record in records]
+    start = max(i for i, (direction, line) in enumerate(lines) if direction == "C" and line.startswith("ehlo"))
+    start = next(i for i in range(start, len(lines)) if lines[i][0] == "S" and lines[i][1].startswith("250 ")) + 1
     sent = []
-    for line in lines[start:]:
-        if line.startswith("reply:"):
+    for direction, line in lines[start:]:
+        if direction == "S":
             break
-        sent.append(re.match(r"send: '([A-Z]+)", line)[1])
+        sent.append(re.match(r"([A-Z]+)", line)[1])
     return sent
 
 
