@@ -59,6 +59,7 @@ from .manager import registration_order
 from .probe import probe
 from .results import DeliveryResult, Failure, reply_text
 from .secret import Secret
+from .values import split_host_port
 
 EXIT_PERMANENT = 1
 EXIT_USAGE = 2
@@ -266,18 +267,10 @@ def _invocation() -> Invocation:
 
 
 def _host_and_port(server: str) -> tuple[str, int | None]:
-    if server.startswith("["):
-        host, bracket, rest = server[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise click.BadParameter(f"{server!r} is not HOST, HOST:PORT or [IPv6]:PORT", param_hint="'--server'")
-        port = rest[1:]
-    elif server.count(":") == 1:
-        host, _, port = server.partition(":")
-    else:
-        host, port = server, ""
-    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise click.BadParameter(f"{port!r} is not a port number (1 to 65535)", param_hint="'--server'")
-    return host, int(port) if port else None
+    try:
+        return split_host_port(server)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--server'") from None
 
 
 def _password(user: str, arguments: dict) -> str:

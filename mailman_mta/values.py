@@ -42,6 +42,7 @@ __all__ = [
     "as_text",
     "as_words",
     "one_of",
+    "split_host_port",
 ]
 
 
@@ -83,6 +84,20 @@ def as_port(value: str) -> int:
     return port
 
 
+def split_host_port(value: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[IPv6]`` or ``[IPv6]:port``: the host and the port (None if left out), checked."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not host, host:port or [IPv6 address]:port")
+        port = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    return as_host(host), as_port(port) if port else None
+
+
 def as_host_port_list(value: str) -> tuple[tuple[str, int], ...]:
     """Space-separated ``host:port`` (``[v6 address]:port`` for IPv6), in order.
 
@@ -91,15 +106,13 @@ def as_host_port_list(value: str) -> tuple[tuple[str, int], ...]:
     """
     relays = []
     for item in value.split():
-        host, colon, port = item.rpartition(":")
-        if not colon:
-            raise ValueError(f"{item!r} is not host:port")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         try:
-            relays.append((as_host(host), as_port(port)))
+            host, port = split_host_port(item)
         except ValueError as error:
             raise ValueError(f"{item!r}: {error}") from None
+        if port is None:
+            raise ValueError(f"{item!r} is not host:port")
+        relays.append((host, port))
     return tuple(relays)
 
 
