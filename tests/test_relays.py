@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
+import smtplib
 import socket
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import Envelope
 from mailman_mta.errors import ConfigurationError, MTAConnectionError, TLSError
 from mailman_mta.plugins import relays
-from mailman_mta.testing import CountingSMTPServer
+from mailman_mta.testing import CountingSMTPServer, ScriptedSMTPServer
+from mailman_mta.testing.scripted import Action
 from mailman_mta.values import as_host_port_list
 
 
@@ -164,3 +172,95 @@ def test_check_names_the_relay_it_reached(clock, second, closed_port):
     )
     assert result.exit_code == 0, result.output
     assert f"server      127.0.0.1:{second.port} (smtp)" in result.output
+
+
+# -- relays that misbehave in ways nobody scripted by hand -------------------
+
+BEHAVIOURS = {
+    "refuses connections": None,
+    "greets 421": b"421 4.3.2 Not now\r\n",
+    "greets 554": b"554 5.3.2 Go away\r\n",
+    "greets with garbage": b"hello there\r\n",
+    "hangs up at once": b"",
+    "works": "ok",
+}
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=4))
+def test_the_first_working_relay_takes_the_mail_and_the_others_are_marked(clock, mta_config, behaviours):
+    """Raw-socket relays, each greeting as drawn: mail goes to the first that works, in order."""
+    relays.forget()
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        servers: list[ScriptedSMTPServer | None] = []
+        for behaviour in behaviours:
+            greeting = BEHAVIOURS[behaviour]
+            if greeting is None:
+                sock = stack.enter_context(socket.socket())
+                sock.bind(("127.0.0.1", 0))
+                ports.append(sock.getsockname()[1])
+                servers.append(None)
+                continue
+            server = stack.enter_context(ScriptedSMTPServer())
+            if greeting != "ok":
+                server.script(*[Action(reply=greeting, close=True)] * 3)
+            ports.append(server.port)
+            servers.append(server)
+        hosts = " ".join(f"127.0.0.1:{port}" for port in ports)
+        layer = f"[plugin.relays]\nenabled: yes\n[relays]\nhosts: {hosts}\ndown_time: 60\n"
+        stack.enter_context(mta_config.layer("drawn", layer))
+        connection = stack.enter_context(Connection(sessions_per_connection=1))
+        working = behaviours.index("works") if "works" in behaviours else None
+        if working is None:
+            with pytest.raises(MTAConnectionError, match=r"no relay in \[relays\] hosts"):
+                send(connection)
+            assert sorted(relays.down_relays()) == sorted(("127.0.0.1", port) for port in ports)
+            return
+        send(connection)
+        assert result_relay(connection) == ("127.0.0.1", ports[working])
+        assert sorted(relays.down_relays()) == sorted(("127.0.0.1", port) for port in ports[:working])
+        before = [server.connections if server is not None else 0 for server in servers]
+        send(connection)
+        after = [server.connections if server is not None else 0 for server in servers]
+    # Read once every connection has said QUIT, so the servers have recorded all.
+    assert after[:working] == before[:working], "a relay marked down is not tried while another works"
+    taker = servers[working]
+    assert taker is not None and [t.accepted for t in taker.kept] == [["b@example.com"]] * 2
+
+
+def result_relay(connection: Connection) -> tuple[str, int]:
+    return connection.host, connection.port
+
+
+def token(user: str) -> str:
+    return "ya29.raw-relay-token"
+
+
+def test_xoauth2_error_exchange_against_a_raw_relay(mta_config, mta_layers):
+    """The relay's bytes, not aiosmtpd's: a 334 with a JSON error, our empty answer, then 535."""
+    error = base64.b64encode(json.dumps({"status": "400", "schemes": "Bearer"}).encode())
+    with ScriptedSMTPServer(extensions=("AUTH XOAUTH2", "PIPELINING")) as relay:
+        relay.script(
+            Action(),
+            Action(),
+            Action(reply=b"334 " + error + b"\r\n"),
+            Action(reply=b"535 5.7.8 Username and Password not accepted\r\n"),
+        )
+        mta_layers.push(
+            "raw",
+            f"[mta]\nsmtp_port: {relay.port}\nsmtp_user: anne@example.com\n"
+            f"[plugin.xoauth2]\nenabled: yes\n[xoauth2]\ntoken_callable: {__name__}:token\n",
+        )
+        with Connection() as connection, pytest.raises(smtplib.SMTPAuthenticationError) as raised:
+            send(connection)
+        lines = [line for _, line in relay.commands]
+    assert lines[1].startswith(b"AUTH XOAUTH2 ") and lines[2] == b"", "the error challenge got an empty line"
+    assert base64.b64decode(lines[1].split()[2]) == b"user=anne@example.com\x01auth=Bearer ya29.raw-relay-token\x01\x01"
+    assert raised.value.smtp_code == 535 and b"status 400" in raised.value.smtp_error
+    assert b"ya29" not in raised.value.smtp_error and relay.transactions == []
