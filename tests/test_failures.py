@@ -31,7 +31,7 @@ def connect(server: CountingSMTPServer, **settings) -> Connection:
 
 # -- what each fault does to one message on a fresh connection ------------
 
-FRESH_CONNECTION_FAULTS = [
+FRESH_CONNECTION_FAULTS: list[tuple[str, dict[str, object], int, int]] = [
     # point, script arguments, expected code for Delivery, copies delivered
     ("CONNECT", dict(reply="554 5.3.2 No service for you"), 421, 0),
     ("CONNECT", dict(reply="421 4.3.2 Busy, try later"), 421, 0),

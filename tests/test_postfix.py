@@ -207,7 +207,9 @@ def sent_before_first_reply(records) -> list[str]:
     for direction, line in lines[start:]:
         if direction == "S":
             break
-        sent.append(re.match(r"([A-Z]+)", line)[1])
+        verb = re.match(r"([A-Z]+)", line)
+        assert verb is not None, line
+        sent.append(verb[1])
     return sent
 
 

@@ -176,13 +176,16 @@ def test_check_names_the_relay_it_reached(clock, second, closed_port):
 
 # -- relays that misbehave in ways nobody scripted by hand -------------------
 
-BEHAVIOURS = {
+#: What each relay does when connected to: None refuses the connection,
+#: bytes replace its greeting (and it hangs up), WORKS behaves.
+WORKS = b"(behaves)"
+BEHAVIOURS: dict[str, bytes | None] = {
     "refuses connections": None,
     "greets 421": b"421 4.3.2 Not now\r\n",
     "greets 554": b"554 5.3.2 Go away\r\n",
     "greets with garbage": b"hello there\r\n",
     "hangs up at once": b"",
-    "works": "ok",
+    "works": WORKS,
 }
 
 
@@ -193,7 +196,7 @@ BEHAVIOURS = {
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=4))
-def test_the_first_working_relay_takes_the_mail_and_the_others_are_marked(clock, mta_config, behaviours):
+def test_the_first_working_relay_takes_the_mail_and_the_others_are_marked(clock, mta_config, behaviours) -> None:
     """Raw-socket relays, each greeting as drawn: mail goes to the first that works, in order."""
     relays.forget()
     with contextlib.ExitStack() as stack:
@@ -208,7 +211,7 @@ def test_the_first_working_relay_takes_the_mail_and_the_others_are_marked(clock,
                 servers.append(None)
                 continue
             server = stack.enter_context(ScriptedSMTPServer())
-            if greeting != "ok":
+            if greeting != WORKS:
                 server.script(*[Action(reply=greeting, close=True)] * 3)
             ports.append(server.port)
             servers.append(server)
