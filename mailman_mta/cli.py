@@ -30,6 +30,7 @@ text: nothing in it is read as rich markup, so ``[mta]`` prints as it is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -254,7 +255,7 @@ def relay_options(function: Callable) -> Callable:
         if lines:
             with invocation.reporting():
                 invocation.config.push("command line", "[mta]\n" + "\n".join(lines) + "\n")
-        with _transcript(invocation.errors) if transcript else _nothing():
+        with _transcript(invocation.errors) if transcript else contextlib.nullcontext():
             return function(*args, transcript=transcript, **kwargs)
 
     return with_relay
@@ -313,11 +314,6 @@ def _transcript(console: Console) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @click.group("mailman-mta", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

@@ -520,14 +520,8 @@ class Configuration:
             if settings.plugins[name].enabled
         }
         manager = build_plugin_manager(active.items())
-        problem = next(
-            (
-                _unmet(requirement, settings)
-                for requirement in self.schema.requirements
-                if requirement.plugin not in active and _unmet(requirement, settings)
-            ),
-            None,
-        )
+        unmet = (_unmet(r, settings) for r in self.schema.requirements if r.plugin not in active)
+        problem = next((complaint for complaint in unmet if complaint is not None), None)
         opening = tuple(
             implementation.plugin
             for hook in (manager.hook.mta_create_transport, manager.hook.mta_authenticate)
