@@ -1,14 +1,17 @@
-"""Suite-wide rules."""
+"""Suite-wide rules, and the fixtures several test modules share."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -141,12 +144,22 @@ def postfix(postfix_capture):
         yield instance
 
 
+def _test_module(name: str):
+    """The test module *name*, if this run imported it (importlib mode gives it a longer name)."""
+    return next((m for key, m in list(sys.modules.items()) if key.rpartition(".")[2] == name), None)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if POSTFIX_TIMINGS:
         parts = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in POSTFIX_TIMINGS.items())
         terminalreporter.write_line(f"Postfix testbed set-up: {parts}")
-    module = next((m for name, m in list(sys.modules.items()) if name.rpartition(".")[2] == "test_mailman"), None)
-    counts = getattr(module, "MAILMAN_COUNTS", None)
+    django = getattr(_test_module("test_django_suite"), "DJANGO_COUNTS", None)
+    for version, (total, passed, excluded) in sorted((django or {}).items()):
+        terminalreporter.write_line(
+            f"Django {version}'s SMTP backend tests on our backend, from the wheel: "
+            f"{passed} of {total} passed, {excluded} excluded"
+        )
+    counts = getattr(_test_module("test_mailman"), "MAILMAN_COUNTS", None)
     if counts:
         terminalreporter.write_line(
             "GNU Mailman 3.3.10 mta suite on mailman-mta's Connection: "
@@ -154,3 +167,111 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"{counts.get('mailman_excluded', '?')} excluded; our outgoing tests in Mailman's layers: "
             f"{counts.get('outgoing_passed', '?')} of {counts.get('outgoing_tests', '?')} passed"
         )
+
+
+# -- what users install ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: What is never part of a build: caches, environments and earlier builds.
+NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache")
+
+
+@dataclass(frozen=True)
+class Distributions:
+    """This checkout as users get it: its sdist, and the wheel built from that sdist."""
+
+    sdist: Path
+    wheel: Path
+
+
+@pytest.fixture(scope="session")
+def distributions(tmp_path_factory) -> Distributions:
+    """Build the sdist, then the wheel from it, as ``python -m build`` does for a release.
+
+    Built from a copy, since setuptools writes build/ and *.egg-info into
+    the tree it builds, and the checkout must stay as git left it.
+    """
+    where = tmp_path_factory.mktemp("distributions")
+    source = where / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(where), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (sdist,) = where.glob("mailman[-_]mta-*.tar.gz")
+    (wheel,) = where.glob("mailman_mta-*.whl")
+    return Distributions(sdist, wheel)
+
+
+def _pip(python: Path, *arguments: str) -> None:
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *arguments], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install {' '.join(arguments)} failed: {done.stderr[-1500:]}")
+
+
+def install_environment(venv: Path, requirements: list[str], wheel: Path) -> Path:
+    """Make *venv* hold *requirements* and *wheel* (not editable); return its Python.
+
+    The requirements are installed once (a stamp file remembers them); the
+    wheel every time, even over one of the same version, with our
+    dependencies resolved against what the requirements pinned.  Raises
+    RuntimeError (or OSError) saying what failed.  Then checks that
+    mailman_mta is imported from the environment, not from a checkout.
+    """
+    python = venv / "bin" / "python"
+    stamp = venv / "installed.txt"
+    wanted = "\n".join(requirements)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    if requirements and (not stamp.exists() or stamp.read_text() != wanted):
+        _pip(python, *requirements)
+        stamp.write_text(wanted)
+    _pip(python, str(wheel))
+    _pip(python, "--force-reinstall", "--no-deps", str(wheel))
+    where = subprocess.run(
+        [str(python), "-c", "import mailman_mta; print(mailman_mta.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=venv,
+    ).stdout.strip()
+    if not where.startswith(str(venv)):
+        raise RuntimeError(f"mailman_mta is imported from {where!r}, not from the wheel installed in {venv}")
+    return python
+
+
+@pytest.fixture(scope="session")
+def host_environment(distributions) -> Callable[[str, list[str]], Path]:
+    """``host_environment(name, requirements)``: the Python of a virtual environment holding *requirements*
+    and this checkout's wheel, installed as users install it (see `install_environment`).
+
+    For the frameworks mailman-mta plugs into (GNU Mailman, Django), which
+    pin their own versions of our dependencies and are never installed in
+    the test environment itself.  Environments are kept between runs in
+    ``$MAILMAN_MTA_HOSTS`` (default ``~/.cache/mailman-mta``), one folder
+    per *name*.  When one cannot be built the test skips, saying why (and
+    under CI=true a skip fails the run).
+    """
+    cache = Path(os.environ.get("MAILMAN_MTA_HOSTS", Path.home() / ".cache" / "mailman-mta"))
+    built: dict[str, Path] = {}
+
+    def build(name: str, requirements: list[str]) -> Path:
+        if name not in built:
+            try:
+                built[name] = install_environment(cache / name, requirements, distributions.wheel)
+            except (OSError, subprocess.SubprocessError, RuntimeError) as error:
+                pytest.skip(f"cannot build the {name} environment in {cache / name}: {error}")
+        return built[name]
+
+    return build
+
+
+@pytest.fixture
+def fresh_environment(distributions, tmp_path) -> Path:
+    """The Python of a new virtual environment holding only the wheel and what it requires."""
+    return install_environment(tmp_path / "venv", [], distributions.wheel)
