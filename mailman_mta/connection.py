@@ -36,6 +36,7 @@ from .envelope import Envelope, MessageInput
 from .errors import (
     ConfigurationError,
     EnvelopeError,
+    MTAConnectionError,
     NoTransportError,
     SMTPProtocolError,
     SMTPTimeoutError,
@@ -95,7 +96,9 @@ def retryable(result: TransactionResult) -> bool:
     if result.reply is not None:
         return result.reply.code == 421
     error = result.error
-    if isinstance(error, (SMTPTimeoutError, SMTPProtocolError)):
+    if isinstance(error, (SMTPTimeoutError, SMTPProtocolError, MTAConnectionError)):
+        # A slow server may still act on what it got; and a new connection
+        # that could not be opened is no dropped one.
         return False
     return isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError))
 
@@ -270,6 +273,11 @@ class Connection:
     @property
     def sessions_per_connection(self) -> int:
         return self.setting("max_sessions_per_connection")
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for each reply (``[mta] command_timeout``), as `smtplib.SMTP.timeout` says."""
+        return self.setting("command_timeout")
 
     @property
     def smtp_user(self) -> str:

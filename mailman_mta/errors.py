@@ -9,6 +9,7 @@ SMTP: bad configuration and bad input.
 from __future__ import annotations
 
 import smtplib
+import ssl
 
 
 class MTAError(Exception):
@@ -47,17 +48,30 @@ class NoTransportError(MTAError):
     """No enabled plugin was able to open a connection to the MTA."""
 
 
-class MTAConnectionError(MTAError, OSError):
+class MTAConnectionError(MTAError, ConnectionError):
     """The MTA could not be reached, or the connection could not be secured.
 
-    A subclass of `OSError`, which is what socket failures raise, so code
-    that already handles those keeps working.  The message names the host
-    and port.
+    A `ConnectionError` (an `OSError`), which is what socket failures
+    raise, so code that already handles those (Django's
+    ``fail_silently``, GNU Mailman's delivery) keeps working.  The message
+    names the host and port.
     """
 
 
 class TLSError(MTAConnectionError):
     """TLS was required and could not be set up (not offered, or refused)."""
+
+
+class TLSHandshakeError(TLSError, ssl.SSLError):
+    """The TLS handshake failed: an unverifiable certificate, or no TLS at all on the other side.
+
+    Also the `ssl.SSLError` that `smtplib` and `ssl` raise for it, so code
+    written for them (Django's SMTP backend tests) catches it.
+    """
+
+    def __str__(self) -> str:
+        # ssl.SSLError would show the arguments' tuple.
+        return str(self.args[0]) if self.args else ""
 
 
 class STARTTLSNotOffered(TLSError, smtplib.SMTPNotSupportedError):

@@ -36,7 +36,14 @@ from zope.interface import classImplements, implementer
 
 from . import esmtp
 from .envelope import Envelope
-from .errors import ConfigurationError, MTAConnectionError, SMTPTimeoutError, STARTTLSNotOffered, TLSError
+from .errors import (
+    ConfigurationError,
+    MTAConnectionError,
+    SMTPTimeoutError,
+    STARTTLSNotOffered,
+    TLSError,
+    TLSHandshakeError,
+)
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply, ReplyReader
 from .transaction import Transaction, TransactionResult
@@ -188,7 +195,8 @@ class SMTPTransport(smtplib.SMTP):
         except (ssl.SSLError, ssl.CertificateError, OSError) as error:
             sock.close()
             reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
-            raise TLSError(f"{how} with {host}:{port} failed: {reason}") from error
+            failure = TLSHandshakeError if isinstance(error, ssl.SSLError) else TLSError
+            raise failure(f"{how} with {host}:{port} failed: {reason}") from error
 
     def starttls_or_refuse(self, context: ssl.SSLContext) -> None:
         """Upgrade to TLS with STARTTLS, or raise `TLSError` and close.
@@ -202,8 +210,10 @@ class SMTPTransport(smtplib.SMTP):
         self.ehlo_or_helo_if_needed()
         if not self.has_extn("starttls"):
             self.close()
+            # smtplib's words first, which code written for it looks for.
             raise STARTTLSNotOffered(
-                f"{self.where} does not offer STARTTLS, and secure_mode is starttls: refusing to send in plaintext"
+                f"STARTTLS extension not supported by server. {self.where} does not offer STARTTLS, "
+                "and secure_mode is starttls: refusing to send in plaintext"
             )
         code, reply = self.docmd("STARTTLS")
         if code != 220:

@@ -4,8 +4,18 @@ In ``settings.py``::
 
     EMAIL_BACKEND = "mailman_mta.integrations.django.EmailBackend"
 
-Django's own settings (or the backend's keyword arguments, which win, as
-for Django's SMTP backend) become one configuration layer, ``django``:
+The backend keeps the contract of Django's own SMTP backend
+(``django.core.mail.backends.smtp.EmailBackend``): the same constructor
+arguments and settings, the same attributes (``host``, ``port``,
+``username``, ``password``, ``use_tls``, ``use_ssl``, ``timeout``,
+``ssl_certfile``, ``ssl_keyfile``, ``ssl_context``, ``connection``), the
+same addresses on the wire (display names dropped, IDNA domains encoded, as
+Django's backend and `smtplib` make them), and the same exceptions where
+Django documents them.  Django's own SMTP backend tests pass on it
+(tests/test_django_suite.py).
+
+The attributes are read when a connection is opened, and become one
+configuration layer, ``django``, on a `Configuration` of the backend's own:
 
 =========================================  ==================================
 Django                                     mailman-mta
@@ -15,27 +25,35 @@ Django                                     mailman-mta
 ``EMAIL_HOST_PASSWORD``                    ``[mta] smtp_pass`` (a `Secret`)
 ``EMAIL_USE_TLS`` / ``EMAIL_USE_SSL``      ``[mta] secure_mode``: starttls / smtps
 ``EMAIL_TIMEOUT``                          ``[mta] connect_timeout`` and ``command_timeout``
-``EMAIL_SSL_CERTFILE``, ``_KEYFILE``       a client certificate for TLS
+``EMAIL_SSL_CERTFILE``, ``_KEYFILE``       a client certificate in ``ssl_context``
 =========================================  ==================================
 
-Two settings of our own: ``MAILMAN_MTA_CONFIG``, configuration files
-pushed first (under the ``django`` layer: plugins, ``[ratelimit]``,
-``ca_file``...), and ``MAILMAN_MTA_OPTIONS``, a dict of ``"section.key":
-value`` pushed last.  Each backend has a `Configuration` of its own, so
-two backends with different settings never mix.
+``timeout`` is None when ``EMAIL_TIMEOUT`` is unset, as in Django; the
+connection then keeps mailman-mta's bounded defaults rather than waiting
+forever.  Two settings of our own: ``MAILMAN_MTA_CONFIG``, configuration
+files pushed first (plugins, ``[ratelimit]``, ``ca_file``...), and
+``MAILMAN_MTA_OPTIONS``, a dict of ``"section.key": value`` pushed last,
+over the ``django`` layer.
 
-Unlike Django's SMTP backend, certificates are verified against the
-system's CAs (or ``[mta] ca_file``), addresses that could inject SMTP
-commands are refused, and the message goes out with pipelining over a
-connection kept for the backend's lifetime.  Bcc recipients get the
-message and are never named in it.
+As with Django's backend since 4.2, certificates are verified against the
+system's CAs (or ``[mta] ca_file``), and a subclass may override
+``ssl_context`` to change that.  Beyond it, addresses that could inject
+SMTP commands are refused, and commands are pipelined over a connection
+kept for the backend's lifetime.
+
+``fail_silently`` silences what Django's backend silences: failing to
+connect, and the server's refusals.  An address mailman-mta refuses to put
+on the wire (`EnvelopeError`, a `ValueError` as Django's own "Invalid
+address" is) is always raised, so a message is never lost without a word.
 """
 
 from __future__ import annotations
 
 import smtplib
+import ssl
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -46,7 +64,23 @@ from django.core.mail.message import EmailMessage, sanitize_address
 from mailman_mta import tls
 from mailman_mta.config import Configuration
 from mailman_mta.connection import Connection
-from mailman_mta.errors import MTAError
+from mailman_mta.errors import MTAConnectionError
+
+#: The name of the layer made of the backend's attributes.
+LAYER = "django"
+OPTIONS_LAYER = "MAILMAN_MTA_OPTIONS"
+
+
+def envelope_address(address: str, encoding: str) -> str:
+    """The address Django's SMTP backend would put in MAIL FROM or RCPT TO.
+
+    Django sanitizes it (``sanitize_address``: IDNA for the domain, MIME
+    words for a non-ASCII name, ValueError for what is no address), and
+    `smtplib` then keeps only what is between the angle brackets
+    (``smtplib.quoteaddr``).  The same two steps here give the same bytes
+    on the wire; mailman-mta's own checks come after.
+    """
+    return smtplib.quoteaddr(sanitize_address(address, encoding))[1:-1]
 
 
 class EmailBackend(BaseEmailBackend):
@@ -54,9 +88,11 @@ class EmailBackend(BaseEmailBackend):
 
     `send_messages` returns how many messages went out (a message counts
     when at least one recipient took it, as with Django's SMTP backend);
-    with ``fail_silently`` it returns instead of raising.  `open` connects
-    now (True if it did, False if already open), `close` says QUIT, and
-    the backend is a context manager.
+    with ``fail_silently`` a failure to connect or a refusal makes that
+    count smaller instead of raising.  `open` connects now (True if it did,
+    False if already open, None when it failed silently), `close` says
+    QUIT, and the backend is a context manager.  ``connection`` is the open
+    `Connection`, or None.
     """
 
     def __init__(
@@ -74,60 +110,79 @@ class EmailBackend(BaseEmailBackend):
         **kwargs: Any,
     ) -> None:
         super().__init__(fail_silently=fail_silently)
-        use_tls = settings.EMAIL_USE_TLS if use_tls is None else use_tls
-        use_ssl = settings.EMAIL_USE_SSL if use_ssl is None else use_ssl
-        if use_tls and use_ssl:
-            raise ValueError(
-                "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those settings to True."
-            )
+        self.host: str = host or settings.EMAIL_HOST
+        self.port: int = port or settings.EMAIL_PORT
+        self.username: str = settings.EMAIL_HOST_USER if username is None else username
+        self.password: str = settings.EMAIL_HOST_PASSWORD if password is None else password
+        self.use_tls: bool = settings.EMAIL_USE_TLS if use_tls is None else use_tls
+        self.use_ssl: bool = settings.EMAIL_USE_SSL if use_ssl is None else use_ssl
+        self.timeout: float | None = settings.EMAIL_TIMEOUT if timeout is None else timeout
+        self.ssl_keyfile: str | None = settings.EMAIL_SSL_KEYFILE if ssl_keyfile is None else ssl_keyfile
+        self.ssl_certfile: str | None = settings.EMAIL_SSL_CERTFILE if ssl_certfile is None else ssl_certfile
         self.config = Configuration()
         files = getattr(settings, "MAILMAN_MTA_CONFIG", ())
         for path in [files] if isinstance(files, str) else files:
             self.config.push_file(path)
-        values = {
-            "smtp_host": host or settings.EMAIL_HOST,
-            "smtp_port": port or settings.EMAIL_PORT,
-            "smtp_user": settings.EMAIL_HOST_USER if username is None else username,
-            "smtp_pass": settings.EMAIL_HOST_PASSWORD if password is None else password,
-            "secure_mode": "starttls" if use_tls else "smtps" if use_ssl else "smtp",
-        }
-        timeout = settings.EMAIL_TIMEOUT if timeout is None else timeout
-        if timeout is not None:
-            values["connect_timeout"] = values["command_timeout"] = timeout
-        self.config.push("django", _layer({"mta": values}, "EMAIL_*"))
-        options = getattr(settings, "MAILMAN_MTA_OPTIONS", {})
-        if options:
-            sections: dict[str, dict[str, Any]] = {}
-            for name, value in options.items():
-                section, dot, key = str(name).rpartition(".")
-                if not dot:
-                    raise ImproperlyConfigured(f"MAILMAN_MTA_OPTIONS: {name!r} is not 'section.key'")
-                sections.setdefault(section, {})[key] = value
-            self.config.push("MAILMAN_MTA_OPTIONS", _layer(sections, "MAILMAN_MTA_OPTIONS"))
-        self.ssl_certfile = settings.EMAIL_SSL_CERTFILE if ssl_certfile is None else ssl_certfile
-        self.ssl_keyfile = settings.EMAIL_SSL_KEYFILE if ssl_keyfile is None else ssl_keyfile
+        self._options = _options_layer(getattr(settings, "MAILMAN_MTA_OPTIONS", {}))
+        self._laid: tuple[Any, ...] | None = None
+        self._lay_settings()
         self.connection: Connection | None = None
         self._lock = threading.RLock()
 
-    def _ssl_context(self):
-        """The TLS settings' context, with the client certificate when one is set; else None."""
-        if not self.ssl_certfile:
-            return None
+    def _lay_settings(self) -> None:
+        """Make the attributes the ``django`` layer (again, if they changed since)."""
+        if self.use_tls and self.use_ssl:
+            raise ValueError(
+                "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those settings to True."
+            )
+        values = {
+            "smtp_host": self.host,
+            "smtp_port": self.port,
+            "smtp_user": self.username,
+            "smtp_pass": self.password,
+            "secure_mode": "starttls" if self.use_tls else "smtps" if self.use_ssl else "smtp",
+        }
+        if self.timeout is not None:
+            values["connect_timeout"] = values["command_timeout"] = self.timeout
+        laid = tuple(values.items())
+        if laid == self._laid:
+            return
+        if self._laid is not None:
+            self.config.pop(LAYER)  # and the options layer above it
+        self.config.push(LAYER, _layer({"mta": values}, "EMAIL_*"))
+        if self._options:
+            self.config.push(OPTIONS_LAYER, self._options)
+        self._laid = laid
+
+    @cached_property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client context for TLS: the ``[mta]`` TLS settings, and the client certificate if one is set.
+
+        A context of this backend's own, so a subclass may change it, as
+        Django's documentation suggests for its own backend.
+        """
         mta = self.config.settings.mta
         context = tls.new_client_context(
             mta.verify_cert, mta.verify_hostname, mta.ca_file, mta.ca_path, mta.tls_min_version
         )
-        context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ImproperlyConfigured("EMAIL_SSL_KEYFILE is set without EMAIL_SSL_CERTFILE, the certificate it is for")
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         return context
 
     def open(self) -> bool | None:
         """Connect now; True if this opened the connection, False if it was open, None on a silent failure."""
-        if self.connection is not None:
+        if self.connection:
             return False
+        self._lay_settings()
+        context = self.ssl_context if self.use_tls or self.use_ssl else None
+        connection = Connection(config=self.config, ssl_context=context)
         try:
-            connection = Connection(config=self.config, ssl_context=self._ssl_context())
             connection.connect()
-        except (OSError, smtplib.SMTPException, MTAError):
+        except OSError:
+            # Refused, unreachable, TLS or AUTH failed (smtplib's errors
+            # are OSErrors too): what Django's backend silences here.
             if not self.fail_silently:
                 raise
             return None
@@ -146,7 +201,7 @@ class EmailBackend(BaseEmailBackend):
             return 0
         with self._lock:
             opened = self.open()
-            if self.connection is None or opened is None:
+            if not self.connection or opened is None:
                 return 0
             sent = 0
             try:
@@ -163,17 +218,30 @@ class EmailBackend(BaseEmailBackend):
         if not recipients:
             return False
         encoding = message.encoding or settings.DEFAULT_CHARSET
-        sender = sanitize_address(message.from_email, encoding)
-        addresses = [sanitize_address(address, encoding) for address in recipients]
+        sender = envelope_address(message.from_email, encoding)
+        addresses = [envelope_address(address, encoding) for address in recipients]
         data = message.message().as_bytes(linesep="\r\n")
         assert self.connection is not None, "send_messages opened it"
         try:
             self.connection.sendmail(sender, addresses, data)
-        except (OSError, smtplib.SMTPException, MTAError):
+        except (smtplib.SMTPException, MTAConnectionError):
+            # The server's refusals, a lost connection, or a new one that
+            # could not be opened.  EnvelopeError is not among them.
             if not self.fail_silently:
                 raise
             return False
         return True
+
+
+def _options_layer(options: dict[str, Any]) -> str:
+    """``MAILMAN_MTA_OPTIONS`` as layer text ('' when there are none)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in options.items():
+        section, dot, key = str(name).rpartition(".")
+        if not dot:
+            raise ImproperlyConfigured(f"MAILMAN_MTA_OPTIONS: {name!r} is not 'section.key'")
+        sections.setdefault(section, {})[key] = value
+    return _layer(sections, OPTIONS_LAYER) if sections else ""
 
 
 def _layer(sections: dict[str, dict[str, Any]], where: str) -> str:
