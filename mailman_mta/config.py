@@ -37,6 +37,7 @@ import logging
 import re
 import textwrap
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -174,6 +175,10 @@ class _Following:
         return values
 
 
+#: Per plugin registry, the schema its plugins declared (see `Configuration._collect_schema`).
+_COLLECTED: weakref.WeakKeyDictionary[PluginRegistry, dict[tuple[int, str], Schema]] = weakref.WeakKeyDictionary()
+
+
 # -- The configuration ---------------------------------------------------
 
 
@@ -249,8 +254,22 @@ class Configuration:
         """Ask every known plugin, enabled or not, for the sections it declares.
 
         A plugin that cannot be loaded declares nothing; the same error is
-        raised, naming it, if a layer enables it.
+        raised, naming it, if a layer enables it.  Asking costs
+        milliseconds, and an application may make a `Configuration` per
+        message (Django makes a backend per ``send_mail``), so what the
+        plugins of one registry generation declare is collected once and
+        shared: a collected `Schema` is never changed.
         """
+        generation = self.registry.generation
+        collected = _COLLECTED.setdefault(self.registry, {})
+        schema = collected.get((generation, self._core_schema_text))
+        if schema is None:
+            for stale in [key for key in collected if key[0] != generation]:
+                del collected[stale]
+            schema = collected[generation, self._core_schema_text] = self._ask_plugins()
+        return schema
+
+    def _ask_plugins(self) -> Schema:
         schema = Schema(self._core_schema_text)
         for name in self.registry.names():
             try:
