@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer
@@ -99,6 +102,18 @@ def shout_distribution(site):
     site.module("mta_test_shout", SHOUT_PLUGIN)
     site.distribution("mta-shout", {"shout": "mta_test_shout"})
     return "shout"
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory) -> tuple[Path, bytes]:
+    """An RSA key for DKIM or ARC signing, in a PEM file, and the DNS TXT record that publishes it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("keys") / "private.pem"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 # -- a real Postfix ---------------------------------------------------------

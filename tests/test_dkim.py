@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailman_mta import hookimpl
 from mailman_mta.connection import Connection
@@ -17,18 +13,6 @@ from mailman_mta.errors import ConfigurationError
 MESSAGE = (
     "From: list@example.org\nTo: members@example.org\nSubject: news\nDate: Mon, 23 Nov 2026 20:00:00 +0000\n\nHello.\n"
 )
-
-
-@pytest.fixture(scope="module")
-def key_pair(tmp_path_factory):
-    """(private key file, the TXT record publishing its public key)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = tmp_path_factory.mktemp("dkim") / "private.pem"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ through the real Postfix with STARTTLS and AUTH.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email
 import email.policy
@@ -44,8 +43,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailman_mta.testing import CountingSMTPServer
 
@@ -232,7 +229,7 @@ class MailmanSite:
         return json.loads(self.tool("inspect"))
 
 
-def site_sections(root: Path, outgoing: str, smtp_port: int, run: dict, arc_key: Path) -> dict[str, dict[str, str]]:
+def site_sections(root: Path, outgoing: str, smtp_port: int, run: dict, key_pair: Path) -> dict[str, dict[str, str]]:
     """mailman.cfg for one site of a run, as sections."""
     sections: dict[str, dict[str, str]] = {
         "mailman": {"layout": "here", "site_owner": f"owner@{DOMAIN}"},
@@ -260,7 +257,7 @@ def site_sections(root: Path, outgoing: str, smtp_port: int, run: dict, arc_key:
                 "dkim": "no",
                 "dmarc": "no",
                 "authserv_id": DOMAIN,
-                "privkey": str(arc_key),
+                "privkey": str(key_pair),
                 "selector": ARC_SELECTOR,
                 "domain": DOMAIN,
             }
@@ -272,18 +269,6 @@ def site_sections(root: Path, outgoing: str, smtp_port: int, run: dict, arc_key:
 @pytest.fixture(scope="module")
 def mailman_python(host_environment) -> Path:
     return host_environment("mailman-3.3.10", REQUIREMENTS)
-
-
-@pytest.fixture(scope="module")
-def arc_key(tmp_path_factory) -> tuple[Path, bytes]:
-    """An RSA key for ARC signing, and the DNS TXT record that publishes it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = tmp_path_factory.mktemp("arc") / "arc.key"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 def each(action: Callable[[MailmanSite], object], sites: Sequence[MailmanSite]) -> list:
@@ -399,9 +384,9 @@ def refusing_server() -> CountingSMTPServer:
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
-def test_a_site_delivers_through_mailman_mta_as_through_mailmans_own_delivery(run, mailman_python, arc_key, tmp_path):
+def test_a_site_delivers_through_mailman_mta_as_through_mailmans_own_delivery(run, mailman_python, key_pair, tmp_path):
     settings = RUNS[run]
-    key_path, key_record = arc_key
+    key_path, key_record = key_pair
     with refusing_server() as theirs_server, refusing_server() as ours_server:
         theirs = MailmanSite(mailman_python, tmp_path / "theirs", {})
         theirs.sections = site_sections(theirs.root, MAILMANS, theirs_server.port, settings, key_path)
