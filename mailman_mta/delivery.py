@@ -93,6 +93,12 @@ class _Post:
     def finished(self) -> bool:
         return self.complete and not self.outstanding
 
+    def refuse(self, error: BaseException, failure: Failure) -> None:
+        """The post is not sent at all: every recipient gets *failure*."""
+        self.refused = dict.fromkeys(self.recipients, failure)
+        self.error = error
+        self.complete = True
+
     def record(
         self, envelope: Envelope, failures: dict[str, Failure], error: BaseException | None, uncertain: set[str]
     ) -> None:
@@ -157,7 +163,12 @@ class Delivery:
         temporary failure of the recipients it concerns.  Ctrl-C raises
         `DeliveryInterrupted`, which holds the result so far.
         """
-        (result,) = self.deliver_many([(envsender, recipients, msgtext)], progress=progress)
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        if not recipients:
+            raise EnvelopeError("no recipients: at least one is needed")
+        data = message_bytes(msgtext)  # raises EnvelopeError now, before anything is sent
+        (result,) = self.deliver_many([(envsender, recipients, data)], progress=progress)
         return result
 
     def deliver_many(
@@ -172,7 +183,13 @@ class Delivery:
         under way, so every connection stays busy; at most a few
         transactions per connection are made ahead of time, so a long
         iterable of posts is read only as fast as mail goes out.  Each post
-        is checked and reported as `deliver` does.
+        is checked and reported as `deliver` does, except that a post
+        `deliver` would refuse (no recipients, or a message that is not
+        text, bytes or an email message) does not stop the others: it gets
+        a result of its own, whose ``error`` is the `EnvelopeError` and in
+        which every recipient it has is refused, temporarily (451), as
+        never sent.  So every post begun gets its result, and a caller
+        never has to send a batch again to learn what became of it.
 
         Ctrl-C (KeyboardInterrupt) stops taking new work; transactions under
         way are finished (a second Ctrl-C cuts them short); every connection
@@ -230,18 +247,21 @@ class Delivery:
             if isinstance(recipients, str):
                 recipients = [recipients]
             recipients = tuple(recipients)
-            if not recipients:
-                raise EnvelopeError("no recipients: at least one is needed")
-            data = message_bytes(msgtext)
             post = _Post(recipients)
             started.append(post)
+            try:
+                if not recipients:
+                    raise EnvelopeError("no recipients: at least one is needed")
+                data = message_bytes(msgtext)
+            except EnvelopeError as error:
+                # The caller's mistake, with this post only: it is never sent.
+                post.refuse(error, Failure(451, f"4.3.0 not sent: {error}"))
+                continue
             try:
                 check_address(envsender, "sender")
             except EnvelopeError as error:
                 # The sender is the list's own address: never the recipients' fault.
-                post.refused = dict.fromkeys(recipients, Failure(451, f"4.1.7 {error}"))
-                post.error = error
-                post.complete = True
+                post.refuse(error, Failure(451, f"4.1.7 {error}"))
                 continue
             usable = []
             for recipient in recipients:

@@ -18,7 +18,7 @@ from mailman_mta import hookimpl
 from mailman_mta.config import Configuration
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import NOT_ATTEMPTED, Delivery
-from mailman_mta.errors import DeliveryInterrupted
+from mailman_mta.errors import DeliveryInterrupted, EnvelopeError
 from mailman_mta.testing import CountingSMTPServer
 
 MESSAGE = "From: list@example.org\nSubject: post\n\nHello\n"
@@ -254,3 +254,44 @@ def test_a_sibling_is_a_new_connection_on_the_same_terms(mta_smtpd):
         "testuser",
     )
     assert sibling.setting("command_timeout") == 9 and sibling.smtp_pass == first.smtp_pass
+
+
+@pytest.mark.parametrize("bad", [[], "not a message"])
+def test_a_bad_post_in_a_batch_is_its_own_result_and_nothing_is_lost(mta_config, mta_smtpd, mta_layers, bad):
+    """Posts sent before a bad one keep their results: resending the batch would send them twice."""
+    mta_layers.push("pool", "[mta]\nmax_connections: 4\n")
+    posts = [("list@example.org", [f"member{n}@example.com"], MESSAGE) for n in range(9)]
+    if bad == []:
+        posts[6] = ("list@example.org", [], MESSAGE)
+    else:
+        posts[6] = ("list@example.org", ["member6@example.com"], object())
+    with Delivery() as delivery:
+        results = list(delivery.deliver_many(posts))
+    assert len(results) == 9
+    assert [r.ok for r in results] == [True] * 6 + [bad == []] + [True] * 2
+    assert isinstance(results[6].error, EnvelopeError)
+    if bad != []:
+        assert results[6].refused["member6@example.com"].code == 451
+    sent = deliveries_of(mta_smtpd)
+    assert sent == collections.Counter({f"member{n}@example.com": 1 for n in range(9) if n != 6})
+    with Delivery() as delivery, pytest.raises(EnvelopeError, match="no recipients"):
+        delivery.deliver("list@example.org", [], MESSAGE)
+    assert deliveries_of(mta_smtpd) == sent
+
+
+def test_closing_says_quit_on_every_connection_at_once(mta_config, mta_smtpd, mta_layers):
+    """A relay that never answers QUIT holds closing for one timeout overall, not one per connection."""
+    mta_layers.push("pool", "[mta]\ndelivery: individual\nmax_connections: 6\nconnect_timeout: 0.5\n")
+    mta_smtpd.script("MAIL", delay=0.05, times=0)  # so that all six connections are used
+    mta_smtpd.script("QUIT", hang=True, times=0)
+    delivery = Delivery()
+    result = delivery.deliver("list@example.org", MEMBERS[:18], MESSAGE)
+    used = [c for c in delivery.connections if c.transport is not None]
+    assert result.ok and len(used) == 6
+    started = time.monotonic()
+    delivery.close()
+    elapsed = time.monotonic() - started
+    assert mta_smtpd.commands.count("QUIT") == 6
+    assert all(c.transport is None for c in delivery.connections)
+    # One after another would take six timeouts (3 s); at once, about one.
+    assert elapsed < 3 * 0.5, elapsed
