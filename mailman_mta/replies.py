@@ -40,6 +40,11 @@ MAX_LINE_OCTETS = 4096
 #: The largest whole reply accepted.  A rich EHLO reply is about 300 octets.
 MAX_REPLY_OCTETS = 64 * 1024
 
+#: The most of a reply's text kept for a recipient (see `Reply.kept`).  A
+#: result holds one reply per refused recipient: a relay that answers
+#: 2,000 RCPTs with 64 KB each must not make a post's result weigh 128 MB.
+KEPT_OCTETS = 1024
+
 _RECV_OCTETS = 64 * 1024
 
 # The usual case, a whole one-line reply already buffered, in one match.
@@ -63,6 +68,22 @@ class Reply(NamedTuple):
     def text(self) -> bytes:
         """The lines joined with newlines: what `smtplib` returns as the message."""
         return b"\n".join(self.lines)
+
+    def kept(self) -> Reply:
+        """This reply, its text cut to `KEPT_OCTETS` (saying how much was cut), to be kept in a result."""
+        size = sum(len(line) + 1 for line in self.lines) - 1
+        if size <= KEPT_OCTETS:
+            return self
+        lines, room = [], KEPT_OCTETS
+        for line in self.lines:
+            if len(line) >= room:
+                lines.append(line[:room])
+                break
+            lines.append(line)
+            room -= len(line) + 1
+        kept = sum(len(line) + 1 for line in lines) - 1
+        lines[-1] += f" [{size - kept} more octets not kept]".encode()
+        return Reply(self.code, tuple(lines))
 
     def __str__(self) -> str:
         return f"{self.code} {self.text.decode('utf-8', 'replace')}".rstrip()

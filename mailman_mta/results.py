@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ConfigurationError, SMTPProtocolError, TLSError
+from .replies import Reply
 from .transaction import DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
 #: The code for "no usable answer" (not an SMTP reply code).
@@ -201,8 +202,14 @@ def ending_failure(result: TransactionResult) -> Failure | None:
 
 
 def reply_text(reply: bytes | str) -> str:
-    """An SMTP reply (smtplib keeps them as bytes) as text."""
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    """An SMTP reply (smtplib keeps them as bytes) as text, at most `KEPT_OCTETS` of it.
+
+    What is kept for each refused recipient is bounded whatever a relay (or
+    a foreign transport) says; the cut is marked.
+    """
+    if isinstance(reply, str):
+        reply = reply.encode("utf-8", "surrogateescape")
+    return Reply.of(0, reply).kept().text.decode("utf-8", "replace")
 
 
 def _text(error: smtplib.SMTPResponseException) -> str:

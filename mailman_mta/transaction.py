@@ -326,15 +326,15 @@ class Transaction:
                     raise self._protocol_error(name, reply)
                 if code == 421:
                     # RFC 5321 3.8: the server is closing the connection.
-                    self._fail(name, reply)
+                    self._fail(name, reply.kept())
                     channel.close()
                     return False
                 if index == 0:
-                    mail = reply
+                    mail = reply.kept()
                 elif index == last:
-                    data = reply
+                    data = reply.kept()
                 else:
-                    result.rcpt_replies[index - 1] = reply
+                    result.rcpt_replies[index - 1] = reply.kept()
                     accepted += code < 400
             if channel.unread():
                 raise self._out_of_step(names[end - 1])
@@ -448,7 +448,7 @@ class Transaction:
         if self.channel.unread():
             raise self._out_of_step(END_OF_DATA)
         if final.code >= 400:
-            self._fail(END_OF_DATA, final)
+            self._fail(END_OF_DATA, final.kept())
             if final.code == 421:
                 self.channel.close()
             return

@@ -253,3 +253,37 @@ def test_a_line_is_read_the_same_whole_or_in_pieces(line, ending):
     """The quick path (a whole line at hand) and the careful one agree."""
     wire = line + ending
     assert outcome_of(wire, len(wire)) == outcome_of(wire, 3)
+
+
+def test_what_is_kept_of_a_reply_is_bounded_and_says_what_was_cut():
+    from mailman_mta.replies import KEPT_OCTETS
+
+    short = Reply(550, (b"5.1.1 No such user",))
+    assert short.kept() is short
+    huge = Reply(550, tuple(b"5.1.1 " + b"x" * 1000 for _ in range(60)))
+    kept = huge.kept()
+    assert kept.code == 550 and kept.lines[0] == huge.lines[0]
+    assert len(kept.text) <= KEPT_OCTETS + 40
+    assert kept.text.endswith(f"[{len(huge.text) - KEPT_OCTETS} more octets not kept]".encode())
+    one_line = Reply(550, (b"y" * 5000,)).kept()
+    assert one_line.text.startswith(b"y" * KEPT_OCTETS + b" [")
+
+
+def test_a_relay_refusing_every_recipient_at_length_leaves_a_small_result():
+    """Raw bytes: 300 RCPTs, each refused with a 60 KB reply; the result keeps about 1 KB of each."""
+    from mailman_mta.connection import Connection
+    from mailman_mta.delivery import Delivery
+    from mailman_mta.replies import KEPT_OCTETS
+    from mailman_mta.testing.scripted import Action, ScriptedSMTPServer
+
+    long_reply = b"".join(b"550-5.1.1 " + b"z" * 990 + b"\r\n" for _ in range(59)) + b"550 5.1.1 gone\r\n"
+    members = [f"member{n}@example.com" for n in range(300)]
+    with ScriptedSMTPServer() as server:
+        server.script(Action(), Action(), Action(), *(Action(reply=long_reply) for _ in members))
+        connection = Connection(server.hostname, server.port, 0)
+        with Delivery(connection) as delivery:
+            result = delivery.deliver("list@example.org", members, "Subject: x\n\nHello\n")
+    assert set(result.refused) == set(members)
+    assert {failure.code for failure in result.refused.values()} == {550}
+    assert all(len(failure.message.encode()) <= KEPT_OCTETS + 40 for failure in result.refused.values())
+    assert all("more octets not kept]" in failure.message for failure in result.refused.values())
