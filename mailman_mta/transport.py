@@ -46,6 +46,7 @@ from .errors import (
 )
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply, ReplyReader
+from .secret import Secret
 from .transaction import Transaction, TransactionResult
 
 transcript = logging.getLogger("mailman_mta.transcript")
@@ -411,38 +412,68 @@ class SMTPTransport(smtplib.SMTP):
     # -- authentication --------------------------------------------------
 
     def login(self, user, password, *, initial_response_ok=True):
-        """`smtplib.SMTP.login`, keeping no copy of the password afterwards.
+        """SMTP AUTH with *user* and *password* (a `Secret`, or text), as `smtplib.SMTP.login` does it.
 
-        What each mechanism tried sends stays masked until every one has
-        been tried, since a server may echo an earlier attempt's secrets.
+        The same mechanisms in the same order (CRAM-MD5, PLAIN, LOGIN, of
+        those the server offers), the same exceptions and words, the
+        password sent as UTF-8 (RFC 4616), and no copy of it kept
+        afterwards.  smtplib's own ``login`` is not used: its frame holds
+        the password as text while the exchange that may fail runs, and a
+        traceback keeps every frame's variables (error trackers and
+        ``pytest --showlocals`` record them).  Here the password stays a
+        `Secret` in every frame, and what is sent for it exists as text only
+        while it is written (see `_send_secret`).  What each mechanism sends
+        stays masked in replies until every one has been tried, since a
+        server may echo an earlier attempt's secrets.
         """
+        password = Secret(password)
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        offered = self.esmtp_features["auth"].upper().split()
+        mechanisms = [mechanism for mechanism in ("CRAM-MD5", "PLAIN", "LOGIN") if mechanism in offered]
+        if not mechanisms:
+            raise smtplib.SMTPException("No suitable authentication method found.")
+        self.user = user
         self._logging_in = True
+        refused: smtplib.SMTPAuthenticationError | None = None
         try:
-            return super().login(user, password, initial_response_ok=initial_response_ok)
+            for mechanism in mechanisms:
+                try:
+                    return self.auth(
+                        mechanism,
+                        _Credentials(mechanism, user, password),
+                        initial_response_ok=initial_response_ok,
+                        secrets=[password],
+                    )
+                except smtplib.SMTPAuthenticationError as error:
+                    refused = error
         finally:
             self._logging_in = False
             self._auth_secrets.clear()
-            self.__dict__.pop("password", None)
+        assert refused is not None, "every mechanism tried either returned or was refused"
+        raise refused
 
-    def auth(self, mechanism, authobject, *, initial_response_ok=True, secrets: Iterable[str] = ()):
+    def auth(self, mechanism, authobject, *, initial_response_ok=True, secrets: Iterable[Secret] = ()):
         """One SASL exchange (RFC 4954), in UTF-8, with what is sent kept secret.
 
-        Everything sent is masked in the transcript, and any reply that
-        echoes it (or the password, or any of *secrets*, such as a token)
-        has it replaced by ``***``, so the credentials reach neither logs
-        nor exceptions.
+        *authobject* is called with None for the initial response, then
+        with each decoded challenge, and returns the response: a `Secret`
+        (or, as with smtplib, text).  Everything sent is masked in the
+        transcript, and any reply that echoes it (or any of *secrets*, such
+        as a password or token, given as `Secret`s) has it replaced by ``***``, so the
+        credentials reach neither logs nor exceptions; nor tracebacks,
+        since no frame here holds them as text while it can fail.
         """
         self._authenticating = True
         reader = self._reply_reader()
         reader.mask = self._mask_secrets
-        password = getattr(self, "password", None)
-        for secret in (password, *secrets) if isinstance(password, str) else secrets:
-            self._auth_secrets.add(secret.encode("utf-8", "surrogatepass"))
+        self._auth_secrets.update(secret.reveal().encode("utf-8", "surrogatepass") for secret in secrets)
         try:
             mechanism = mechanism.upper()
             initial = self._respond(authobject, None) if initial_response_ok else None
             if initial is not None:
-                code, reply = self.docmd("AUTH", f"{mechanism} {initial}")
+                code, reply = self._send_secret(f"AUTH {mechanism} ", initial)
                 self._auth_challenge_count = 1
             else:
                 code, reply = self.docmd("AUTH", mechanism)
@@ -455,7 +486,7 @@ class SMTPTransport(smtplib.SMTP):
                     challenge = base64.b64decode(reply, validate=True)
                 except (binascii.Error, ValueError):
                     raise smtplib.SMTPAuthenticationError(code, b"the server's AUTH challenge is not base64") from None
-                code, reply = self.docmd(self._respond(authobject, challenge) or "")
+                code, reply = self._send_secret("", self._respond(authobject, challenge) or Secret(""))
             if code in (235, 503):
                 return code, reply
             raise smtplib.SMTPAuthenticationError(code, reply)
@@ -466,34 +497,62 @@ class SMTPTransport(smtplib.SMTP):
             if self._reader is reader:
                 reader.mask = None
 
-    def _respond(self, authobject, challenge: bytes | None) -> str | None:
-        """The base64 answer *authobject* gives to *challenge*, remembered as secret."""
+    def _respond(self, authobject, challenge: bytes | None) -> Secret | None:
+        """The base64 answer *authobject* gives to *challenge*, as a `Secret` (and remembered, to mask)."""
+        answer = authobject(challenge) if challenge is not None else authobject()
+        if answer is None:
+            return None
         encodable = True
+        octets = wire = b""
         try:
-            text = authobject(challenge) if challenge is not None else authobject()
-            if text is None:
-                return None
-            octets = text.encode("utf-8", "surrogateescape")
+            octets = Secret(answer).reveal().encode("utf-8", "surrogateescape")
+            wire = base64.b64encode(octets)
+            self._auth_secrets.update((octets, wire))
+            return Secret(wire.decode("ascii"))
         except UnicodeError:
             encodable = False
-        if not encodable:
-            # Raised here, outside the handler, so that no exception
-            # carrying the password hangs on to this one as its context.
-            raise ConfigurationError(
-                "the SMTP user name or password cannot be sent: it is not valid text (it holds a lone surrogate)",
-                section="mta",
-                key="smtp_pass",
-            )
-        answer = base64.b64encode(octets).decode("ascii")
-        self._auth_secrets.update((octets, answer.encode("ascii")))
-        return answer
+        finally:
+            # No text of the answer outlives the call.
+            octets = wire = b""
+            answer = None
+        assert not encodable, "returned above"
+        # Raised here, outside the handler, so that no exception carrying
+        # the password hangs on to this one as its context.
+        raise ConfigurationError(
+            "the SMTP user name or password cannot be sent: it is not valid text (it holds a lone surrogate)",
+            section="mta",
+            key="smtp_pass",
+        )
 
-    def auth_cram_md5(self, challenge=None):
-        """CRAM-MD5 (RFC 2195) with the password as UTF-8, as PLAIN and LOGIN send it."""
-        if challenge is None:
-            return None
-        key = self.password.encode("utf-8", "surrogateescape")
-        return f"{self.user} {hmac.new(key, challenge, 'md5').hexdigest()}"
+    def _send_secret(self, prefix: str, answer: Secret) -> tuple[int, bytes]:
+        """Send *prefix* and *answer* as one command line (masked in the transcript); the reply.
+
+        The line exists as plain bytes only in this frame, and only while it
+        is written: it is gone before any failure is raised.
+        """
+        self.last_command = "AUTH"
+        if self.debuglevel > 0:
+            self._transcribe("C", [f"{prefix}{MASK}"])
+        sock = self.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected(f"{self.where} is not connected (sending AUTH)")
+        failure: OSError | None = None
+        line = (prefix + answer.reveal() + "\r\n").encode("ascii")
+        try:
+            sock.sendall(line)
+        except OSError as error:
+            failure = error
+        finally:
+            line = b""
+        if isinstance(failure, TimeoutError):
+            self.close()
+            raise SMTPTimeoutError(f"{self.where} did not accept AUTH within {sock.gettimeout():g} s") from None
+        if failure is not None:
+            self.close()
+            raise smtplib.SMTPServerDisconnected(
+                f"{self.where} closed the connection while sending AUTH ({failure.strerror or failure})"
+            ) from None
+        return self.getreply()
 
     def _mask_secrets(self, text: bytes) -> bytes:
         for secret in self._auth_secrets:
@@ -532,3 +591,45 @@ class SMTPTransport(smtplib.SMTP):
 
 
 classImplements(smtplib.SMTP, ITransport)
+
+
+class _Credentials:
+    """The responses of one SASL mechanism for a user name and a `Secret` password, each a `Secret`.
+
+    Called as smtplib's ``auth_*`` methods are: with None for the initial
+    response, then with each challenge.  The password is revealed only in
+    the expression that builds a response, and goes straight into a new
+    `Secret`.
+    """
+
+    def __init__(self, mechanism: str, user: str, password: Secret) -> None:
+        self.mechanism = mechanism
+        self.user = user
+        self.password = password
+        self.challenges = 0
+
+    def __repr__(self) -> str:
+        return f"<{self.mechanism} credentials for {self.user!r}>"
+
+    def __call__(self, challenge: bytes | None = None) -> Secret | None:
+        if self.mechanism == "PLAIN":
+            return Secret(f"\0{self.user}\0{self.password.reveal()}")
+        if self.mechanism == "LOGIN":
+            if challenge is None:
+                return None
+            self.challenges += 1
+            # RFC-less LOGIN: the first challenge asks for the user name.
+            return Secret(self.user) if self.challenges == 1 else self.password
+        if challenge is None:
+            return None
+        return Secret(f"{self.user} {_cram_md5(self.password, challenge)}")
+
+
+def _cram_md5(password: Secret, challenge: bytes) -> str:
+    """The CRAM-MD5 digest (RFC 2195) of *challenge*, keyed with the password as UTF-8."""
+    try:
+        return hmac.new(password.reveal().encode("utf-8", "surrogateescape"), challenge, "md5").hexdigest()
+    except ValueError:
+        pass
+    # Raised outside the handler: MD5 is refused here (FIPS mode).
+    raise smtplib.SMTPException("CRAM-MD5 cannot be computed here (MD5 is disabled)")

@@ -9,6 +9,7 @@ those the server offers.
 
 from mailman_mta import hookimpl
 from mailman_mta.errors import ConfigurationError
+from mailman_mta.interfaces import IMessageTransactions
 
 
 @hookimpl(trylast=True)
@@ -23,7 +24,11 @@ def mta_authenticate(connection, transport):
             section="mta",
             key="smtp_pass",
         )
-    transport.login(user, password.reveal())
+    if IMessageTransactions.providedBy(transport):
+        # Ours takes the Secret itself, and never holds the password as text.
+        transport.login(user, password)
+    else:
+        transport.login(user, password.reveal())
     return True
 
 

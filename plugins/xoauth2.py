@@ -19,8 +19,10 @@ password ``auth`` plugin and returns True, so that one is skipped.
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import shlex
+import signal
 import smtplib
 import subprocess
 
@@ -73,7 +75,11 @@ def mta_check_config(config):
 
 
 def fetch_token(settings, user: str) -> Secret:
-    """The access token for *user*, from the command or the callable."""
+    """The access token for *user*, from the command or the callable.
+
+    It is a `Secret` from the moment it is read, and no frame here holds it
+    as text when anything fails (a traceback keeps its frames' variables).
+    """
     if settings.token_callable:
         try:
             function = pkgutil.resolve_name(settings.token_callable)
@@ -81,36 +87,78 @@ def fetch_token(settings, user: str) -> Secret:
             raise ConfigurationError(
                 f"[xoauth2] token_callable cannot be loaded: {error}", section="xoauth2", key="token_callable"
             ) from None
-        token = function(user)
+        token = Secret(str(Secret(function(user)).reveal()).strip())
     else:
-        words = shlex.split(settings.token_command)
-        try:
-            done = subprocess.run(words, capture_output=True, timeout=settings.token_timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise ConfigurationError(
-                f"[xoauth2] token_command {words[0]!r} could not be run: {error}",
-                section="xoauth2",
-                key="token_command",
-            ) from None
-        if done.returncode != 0:
-            # Its output is not shown: it may hold a token or a secret.
-            raise ConfigurationError(
-                f"[xoauth2] token_command {words[0]!r} failed with exit status {done.returncode}",
-                section="xoauth2",
-                key="token_command",
-            )
-        token = done.stdout.decode("utf-8", "replace")
-    token = str(token.reveal() if isinstance(token, Secret) else token).strip()
-    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        token = _run_token_command(settings.token_command, settings.token_timeout)
+    if not _one_printable_word(token):
         raise ConfigurationError(
             "[xoauth2] the access token is empty or not one printable word", section="xoauth2", key="token_command"
         )
-    return Secret(token)
+    return token
 
 
-def initial_response(user: str, token: Secret) -> str:
+def _one_printable_word(token: Secret) -> bool:
+    text = token.reveal()
+    return bool(text) and not any(c.isspace() or not c.isprintable() for c in text)
+
+
+def _run_token_command(command: str, timeout: float) -> Secret:
+    """What *command* prints, as a `Secret`; the command and everything it started are killed at *timeout*.
+
+    The command runs in a session of its own, so that a helper script's
+    own children (a ``sleep`` in a wrapper) go with it rather than living
+    on, one more for every connection.  Its output is never shown: it may
+    hold a token or a secret.
+    """
+    words = shlex.split(command)
+    try:
+        process = subprocess.Popen(
+            words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+    except OSError as error:
+        raise ConfigurationError(
+            f"[xoauth2] token_command {words[0]!r} could not be run: {error.strerror or error}",
+            section="xoauth2",
+            key="token_command",
+        ) from None
+    timed_out = False
+    try:
+        token = Secret(process.communicate(timeout=timeout)[0].decode("utf-8", "replace").strip())
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _stop_group(process)
+    if timed_out:
+        # Raised outside the handler: TimeoutExpired holds what was printed so far.
+        raise ConfigurationError(
+            f"[xoauth2] token_command {words[0]!r} did not finish within {timeout:g} s, and was killed",
+            section="xoauth2",
+            key="token_command",
+        )
+    if process.returncode != 0:
+        raise ConfigurationError(
+            f"[xoauth2] token_command {words[0]!r} failed with exit status {process.returncode}",
+            section="xoauth2",
+            key="token_command",
+        )
+    return token
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Kill whatever is left of *process*'s session (its own children too) and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+    process.wait()
+
+
+def initial_response(user: str, token: Secret) -> Secret:
     """The XOAUTH2 client response, before base64."""
-    return f"user={user}\x01auth=Bearer {token.reveal()}\x01\x01"
+    return Secret(f"user={user}\x01auth=Bearer {token.reveal()}\x01\x01")
 
 
 @hookimpl
@@ -127,20 +175,22 @@ def mta_authenticate(config, connection, transport):
             f"the relay does not offer AUTH XOAUTH2 (it offers: {' '.join(offered) or 'no AUTH'})"
         )
     token = fetch_token(config.settings.xoauth2, user)
+    ours = IMessageTransactions.providedBy(transport)
     errors = []
 
     def respond(challenge=None):
         if challenge is None:
-            return initial_response(user, token)
+            # Ours takes the Secret itself; smtplib's needs the text.
+            response = initial_response(user, token)
+            return response if ours else response.reveal()
         # A challenge after the initial response is the server's error, as
         # JSON; the exchange ends with an empty response, then 535.
         errors.append(_error_status(challenge))
         return ""
 
-    # Our transport also masks the bare token, should a reply echo it.
-    secrets = {"secrets": [token.reveal()]} if IMessageTransactions.providedBy(transport) else {}
     try:
-        transport.auth("XOAUTH2", respond, initial_response_ok=True, **secrets)
+        # Our transport also masks the bare token, should a reply echo it.
+        transport.auth("XOAUTH2", respond, initial_response_ok=True, **({"secrets": [token]} if ours else {}))
     except smtplib.SMTPAuthenticationError as error:
         if errors and errors[0]:
             raise smtplib.SMTPAuthenticationError(

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
+import smtplib
+import sys
+import traceback
+import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.errors import ConfigurationError
+from mailman_mta.secret import Secret
 from mailman_mta.testing import Action, ScriptedSMTPServer
 from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS
-from mailman_mta.transport import SMTPTransport
+from mailman_mta.transport import _Credentials
 
 PASSWORD = "s3cr3t-Pa55word"
 FORMS = [
@@ -86,10 +94,11 @@ def test_a_wrong_non_ascii_password_is_nowhere_in_the_error(mta_smtpd):
 
 
 def test_cram_md5_takes_a_non_ascii_password():
-    transport = SMTPTransport()
-    transport.user, transport.password = "testuser", NON_ASCII
-    answer = transport.auth_cram_md5(b"<1896.697170952@postoffice.example.net>")
-    assert answer.startswith("testuser ") and len(answer.split()[1]) == 32
+    challenge = b"<1896.697170952@postoffice.example.net>"
+    answer = _Credentials("CRAM-MD5", "testuser", Secret(NON_ASCII))(challenge)
+    assert isinstance(answer, Secret)
+    expected = hmac.new(NON_ASCII.encode(), challenge, "md5").hexdigest()
+    assert answer.reveal() == f"testuser {expected}"
 
 
 def test_a_password_that_is_not_text_is_refused_without_showing_it(mta_smtpd):
@@ -134,3 +143,121 @@ def test_a_config_line_with_a_password_is_not_echoed_when_it_cannot_be_parsed(tm
     assert PASSWORD not in result.output
     result = CliRunner().invoke(main, ["-o", f"mta.smtp_pass {PASSWORD}", "config"])
     assert result.exit_code == 2 and PASSWORD not in result.output
+
+
+# -- tracebacks: no frame holds a secret as text ------------------------------
+#
+# Error trackers (Sentry) and pytest --showlocals record every frame's
+# variables.  Whatever the relay does during AUTH, the traceback of what
+# comes out, with its frames' variables and its chained exceptions, shows
+# neither the password nor any wire form of it.
+
+
+def _raised(call) -> BaseException | None:
+    """What *call* raises, caught in a frame of its own (the test's frame holds the secrets it checks for)."""
+    try:
+        call()
+    except Exception as error:
+        return error
+    return None
+
+
+def _everything_shown(error: BaseException) -> str:
+    shown = traceback.TracebackException.from_exception(error, capture_locals=True).format()
+    return "".join(shown) + str(error) + repr(error.args)
+
+
+def _secret_forms(user: str, password: str) -> list[str]:
+    encoded = password.encode("utf-8")
+    return [
+        password,
+        base64.b64encode(encoded).decode(),
+        base64.b64encode(user.encode() + b"\0" + encoded).decode()[4:],
+        base64.b64encode(b"\0" + user.encode() + b"\0" + encoded).decode(),
+    ]
+
+
+_CHALLENGE = b"334 " + base64.b64encode(b"<1896.697170952@postoffice.example.net>") + b"\r\n"
+_AUTH_STEPS = st.sampled_from(
+    [
+        Action(reply=b"535 5.7.8 Authentication credentials invalid\r\n"),
+        Action(reply=b"454 4.7.0 Temporary authentication failure\r\n"),
+        Action(reply=b"334 VXNlcm5hbWU6\r\n"),  # LOGIN's "Username:"
+        Action(reply=b"334 UGFzc3dvcmQ6\r\n"),  # "Password:"
+        Action(reply=_CHALLENGE),
+        Action(reply=b"334 this is not base64 !\r\n"),
+        Action(reply=b"garbage that is no SMTP reply\r\n"),
+        Action(reply=b"", close=True),
+        Action(hang=True),
+        Action(reply=b"235 2.7.0 Authentication successful\r\n"),
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mechanisms=st.lists(st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5"]), min_size=1, max_size=3, unique=True),
+    password=st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs")), min_size=1, max_size=12),
+    steps=st.lists(_AUTH_STEPS, min_size=1, max_size=5),
+    through=st.sampled_from(["connect", "deliver"]),
+)
+def test_no_traceback_of_an_auth_failure_holds_the_password(mechanisms, password, steps, through):
+    password = f"Pw-{password}-zq9"
+    extensions = (*DEFAULT_EXTENSIONS, "AUTH " + " ".join(mechanisms))
+    with ScriptedSMTPServer(extensions) as server:
+        server.script(Action(), Action(), *steps)
+        connection = Connection(server.hostname, server.port, 0, "testuser", password, command_timeout=0.3)
+        error: BaseException | None
+        if through == "connect":
+            error = _raised(connection.connect)
+        else:
+            with Delivery(connection) as delivery:
+                error = delivery.deliver("anne@example.com", ["bart@example.com"], "Subject: x\n\n").error
+        connection.close()
+    if error is not None:
+        shown = _everything_shown(error)
+        for form in _secret_forms("testuser", password):
+            assert form not in shown, form
+
+
+def test_no_traceback_of_a_refused_xoauth2_token_holds_it(mta_config, mta_layers, monkeypatch):
+    token = "ya29.a0-Token-Secret-42"
+    module = types.ModuleType("tests_secret_token")
+    module.token = lambda user: token
+    monkeypatch.setitem(sys.modules, "tests_secret_token", module)
+    extensions = (*DEFAULT_EXTENSIONS, "AUTH XOAUTH2")
+    error_json = base64.b64encode(b'{"status":"401","schemes":"bearer"}')
+    with ScriptedSMTPServer(extensions) as server:
+        server.script(
+            Action(), Action(), Action(reply=b"334 " + error_json + b"\r\n"), Action(reply=b"535 5.7.8 no\r\n")
+        )
+        mta_layers.push(
+            "oauth",
+            f"[mta]\nsmtp_host: {server.hostname}\nsmtp_port: {server.port}\nsmtp_user: anne@example.com\n"
+            "[plugin.xoauth2]\nenabled: yes\n[xoauth2]\ntoken_callable: tests_secret_token:token\n",
+        )
+        error = _raised(Connection().connect)
+    assert isinstance(error, smtplib.SMTPAuthenticationError)
+    shown = _everything_shown(error)
+    initial = base64.b64encode(f"user=anne@example.com\x01auth=Bearer {token}\x01\x01".encode()).decode()
+    assert "token refused: status 401" in shown
+    assert token not in shown and initial not in shown
+
+
+@pytest.mark.parametrize("script", ["exit", "timeout"])
+def test_no_traceback_of_a_failed_token_command_holds_what_it_printed(mta_config, mta_layers, tmp_path, script):
+    helper = tmp_path / "helper.sh"
+    body = {
+        "exit": "echo ya29.Printed-Secret-Token; exit 3",
+        "timeout": "echo ya29.Printed-Secret-Token; sleep 30",
+    }[script]
+    helper.write_text(f"#!/bin/sh\n{body}\n")
+    helper.chmod(0o755)
+    from mailman_mta.plugins import xoauth2
+
+    settings_ = types.SimpleNamespace(token_command=str(helper), token_callable="", token_timeout=0.5)
+    error = _raised(lambda: xoauth2.fetch_token(settings_, "anne@example.com"))
+    assert isinstance(error, ConfigurationError)
+    shown = _everything_shown(error)
+    assert "ya29.Printed-Secret-Token" not in shown
+    assert ("exit status 3" if script == "exit" else "did not finish within 0.5 s") in shown
