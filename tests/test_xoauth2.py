@@ -100,3 +100,40 @@ def test_a_user_is_required(oauth_server, mta_layers):
     use(mta_layers, user="", token_callable=f"{__name__}:good_token")
     with pytest.raises(ConfigurationError, match=r"set \[mta\] smtp_user"):
         send()
+
+
+def test_a_token_command_that_times_out_is_killed_with_everything_it_started(tmp_path):
+    """A wrapper script's own children go too, instead of living on, one more per connection."""
+    import os
+    import time
+    import types
+    from pathlib import Path
+
+    from mailman_mta.errors import ConfigurationError
+    from mailman_mta.plugins import xoauth2
+
+    pids = tmp_path / "pids"
+    helper = tmp_path / "helper.sh"
+    helper.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pids}\nsleep 60\n")
+    helper.chmod(0o755)
+    settings = types.SimpleNamespace(token_command=str(helper), token_callable="", token_timeout=0.5)
+    with pytest.raises(ConfigurationError, match="did not finish within 0.5 s, and was killed"):
+        xoauth2.fetch_token(settings, "anne@example.com")
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # Reaped by init once killed; a zombie still answers kill(0).
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("the helper's own child outlived it")
