@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import queue
+import re
 import smtplib
 import sys
 import time
@@ -175,6 +176,10 @@ class Invocation:
                 self.config.push(f"-o{where}", _options_layer(assignments))
 
 
+#: The start of a ``-o`` argument that can be shown: what looks like ``section.key``.
+_KEY_SHAPE = re.compile(r"[\w.-]*")
+
+
 def _options_layer(assignments: tuple[str, ...]) -> str:
     """The text of one layer holding every ``-o section.key=value``.
 
@@ -186,8 +191,10 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
         name, equals, value = assignment.partition("=")
         section, dot, key = name.strip().rpartition(".")
         if not equals or not dot or not section or not key or " " in name.strip():
-            # The value is never shown: it may be a password.
-            shown = f"{name.split()[0] if name.split() else ''}{'=' if equals else ' '}..."
+            # The value is never shown: it may be a password (typed after a
+            # ':' or a space instead of '='), so only what looks like
+            # section.key is.
+            shown = _KEY_SHAPE.match(name.strip())[0] + "..."  # type: ignore[index]
             raise click.BadParameter(f"{shown!r} is not section.key=value", param_hint="'-o'")
         if "\n" in value or "\r" in value:
             raise click.BadParameter(f"the value for {name} must be one line", param_hint="'-o'")

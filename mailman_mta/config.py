@@ -229,6 +229,10 @@ class Configuration:
 
     @property
     def _config(self) -> Config:
+        """The layer stack: the published one, or, in a thread checking a push, the one being checked."""
+        checking = getattr(self._pins, "lazr", None)
+        if checking is not None:
+            return checking
         self._up_to_date()
         assert self._lazr is not None
         return self._lazr
@@ -338,39 +342,37 @@ class Configuration:
         Raises `ConfigurationError` (and changes nothing) if the layer names
         an unknown section or key, has a value of the wrong type, enables a
         plugin that cannot be loaded, leaves a setting on whose plugin is
-        off (see `mailman_mta.schema.PluginSchema.needs_plugin_when`), or
-        is refused by a plugin's `mta_check_config`.
+        off (see `mailman_mta.schema.PluginSchema.needs_plugin_when`), is
+        refused by a plugin's `mta_check_config`, or extends a file
+        (``[meta] extends``) that cannot be read as UTF-8 text.
+
+        The layer is checked on a copy of the stack, and published only once
+        it passed: another thread never sees, in any form (typed settings,
+        raw sections, `origin`, `layers`), a layer that is about to be
+        refused.  Values may be any text (a UTF-8 password, an
+        internationalised host name), though lazr.config itself takes only
+        ASCII; a NUL character is refused in any value.
         """
         text = textwrap.dedent(text)
         with self._lock:
             self._check_layer_text(name, text)
-            lazr = self._config
-            saved_overlays, saved_state = lazr._overlays, self._state
+            candidate = _copy_of(self._config)
+            checking, self._pins.lazr = getattr(self._pins, "lazr", None), candidate
             try:
-                lazr.push(name, text)
-                try:
-                    lazr.validate()
-                except ConfigErrors as error:
-                    problems = "; ".join(str(e) for e in error.errors)
-                    raise ConfigurationError(f"config layer {name!r} is not valid: {problems}", layer=name) from error
+                _lay(candidate, name, text)
                 state = self._compute_state()
                 if state.problem is not None:
                     raise ConfigurationError(state.problem)
                 with self._pinned_to(state):
                     state.manager.hook.mta_check_config(config=self)
-                # Published only once checked: no other thread sees a
-                # layer that is about to be refused.
-                self._state = state
             except ConfigurationError as error:
-                # lazr.config keeps a bad layer on the stack, so restore it.
-                lazr._overlays, self._state = saved_overlays, saved_state
                 if error.layer is None:
                     error.layer = name
                     error.args = (f"config layer {name!r}: {error}",)
                 raise
-            except BaseException:
-                lazr._overlays, self._state = saved_overlays, saved_state
-                raise
+            finally:
+                self._pins.lazr = checking
+            self._lazr, self._state = candidate, state
 
     def push_file(self, path: str | PathLike[str]) -> str:
         """Push the file at *path* as a layer named after it; return that name.
@@ -382,6 +384,10 @@ class Configuration:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigurationError(f"cannot read config file {fspath(path)!r}: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigurationError(
+                f"config file {fspath(path)!r} is not UTF-8 text (byte {error.start} is not)"
+            ) from None
         self.push(fspath(path), text)
         return path.name
 
@@ -608,6 +614,15 @@ class Configuration:
                         section=section,
                         key=key,
                     )
+                if "\0" in parser.get(section, key):
+                    # No setting means anything with one; the value is not
+                    # shown (it may be a password).
+                    raise ConfigurationError(
+                        f"config layer {name!r}: [{section}] {key} holds a NUL character",
+                        layer=name,
+                        section=section,
+                        key=key,
+                    )
 
     def _section_schema(self, section: str):
         schema = self._config.schema
@@ -622,6 +637,48 @@ class Configuration:
 
 def as_is(text: str) -> str:
     return text
+
+
+def _copy_of(lazr: Config) -> Config:
+    """A `Config` with *lazr*'s schema and layers, to push on without changing *lazr*.
+
+    (lazr.config's own objects cannot be copied with `copy.copy`, whose
+    probing recurses through their ``__getattr__``.)
+    """
+    copy = Config.__new__(Config)
+    copy.__dict__.update(vars(lazr))
+    return copy
+
+
+def _lay(lazr: Config, name: str, text: str) -> None:
+    """Push *text* on *lazr* as layer *name*, raising `ConfigurationError` for what lazr.config finds wrong.
+
+    lazr.config takes only ASCII text, recording anything else as an error
+    of the layer while keeping the values; mailman-mta takes any text, so
+    those errors are not ours (each key's type checks its value).
+    """
+    try:
+        lazr.push(name, text)
+    except OSError as error:
+        raise ConfigurationError(
+            f"config layer {name!r}: [meta] extends names {error.filename!r}, which cannot be read: {error.strerror}",
+            layer=name,
+            section="meta",
+            key="extends",
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"config layer {name!r}: [meta] extends names a file that is not UTF-8 text (byte {error.start} is not)",
+            layer=name,
+            section="meta",
+            key="extends",
+        ) from None
+    try:
+        lazr.validate()
+    except ConfigErrors as error:
+        problems = [str(problem) for problem in error.errors if not isinstance(problem, UnicodeError)]
+        if problems:
+            raise ConfigurationError(f"config layer {name!r} is not valid: {'; '.join(problems)}", layer=name) from None
 
 
 def _unmet(requirement: Requirement, settings: Settings) -> str | None:

@@ -54,10 +54,12 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?")
 
 
 def as_host(value: str) -> str:
-    """A host name (internationalised names too) or an IPv4 or IPv6 address.
+    """A host name or an IPv4 or IPv6 address; an internationalised name as its A-labels.
 
     Checked as the resolver will need it, so that a name that can never be
     looked up is refused when the layer is pushed, not at the first send.
+    ``bücher.example`` becomes ``xn--bcher-kva.example``: the form DNS,
+    TLS certificates and SMTP itself use.
     """
     try:
         ipaddress.ip_address(value)
@@ -71,7 +73,7 @@ def as_host(value: str) -> str:
     labels = ascii_name[:-1].split(".") if ascii_name.endswith(".") else ascii_name.split(".")
     if not ascii_name or len(ascii_name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{value!r} is not a host name or IP address")
-    return value
+    return value if value.isascii() else ascii_name
 
 
 def as_port(value: str) -> int:

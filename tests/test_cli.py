@@ -586,3 +586,14 @@ def test_sink_fail_and_drop_rates_reach_the_sender(eml):
             sink.communicate(timeout=30)
     assert result.exit_code == EXIT_TEMPFAIL
     assert "not delivered to any recipient: 451 4.3.0 Temporary failure" in result.output
+
+
+def test_configuration_mistakes_exit_78_naming_what_was_wrong_and_never_a_password(tmp_path):
+    latin = tmp_path / "latin1.cfg"
+    latin.write_bytes("[mta]\nsmtp_user: j\xf6rg\n".encode("latin-1"))
+    result = run("-c", str(latin), "config")
+    assert result.exit_code == 78 and "latin1.cfg' is not UTF-8 text" in result.output
+    result = run("-o", "mta.smtp_pass:Secret-PW-99", "config")
+    assert result.exit_code == 2 and "Secret-PW-99" not in result.output and "'mta.smtp_pass...'" in result.output
+    result = run("-o", "mta.smtp_host=bücher.example", "-o", "mta.smtp_pass=pässwörd", "config", "--changed")
+    assert result.exit_code == 0 and "bücher.example" in result.output and "pässwörd" not in result.output

@@ -176,3 +176,90 @@ def test_an_extended_file_with_a_bad_key_is_refused(tmp_path, config):
     with pytest.raises(ConfigurationError, match="not valid: .*smtp_hots"):
         config.push_file(tmp_path / "site.cfg")
     assert config.layers == []
+
+
+# -- any text, and nothing half-checked ------------------------------------
+
+
+def test_values_may_be_any_text(config, mta_smtpd):
+    """lazr.config takes only ASCII; a UTF-8 password, an IDN host and a non-ASCII address are ours to take."""
+    password = "pässwörd-日本"
+    config.push(
+        "intl",
+        f"[mta]\nsmtp_user: testuser\nsmtp_pass: {password}\nsmtp_host: bücher.example\n"
+        "[devmode]\nrecipient: jörg@bücher.example\n",
+    )
+    mta = config.settings.mta
+    assert mta.smtp_pass.reveal() == password and mta.smtp_host == "xn--bcher-kva.example"
+    assert config.settings.devmode.recipient == "jörg@bücher.example"
+    mta_smtpd.credentials["testuser"] = password
+    config.push("here", f"[mta]\nsmtp_host: {mta_smtpd.hostname}\nsmtp_port: {mta_smtpd.port}\n")
+    with Connection(config=config) as connection:
+        assert connection.sendmail("anne@example.com", ["bart@example.com"], "Subject: x\n\n") == {}
+    assert mta_smtpd.received[0].authenticated_as == "testuser"
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[mta]\nsmtp_host: bü cher.example\n", r"\[mta\] smtp_host"),
+        ("[devmode]\nrecipient: jörg@@example\n", r"\[devmode\] recipient"),
+        ("[mta]\nsmtp_pass: geheim\0nis\n", r"\[mta\] smtp_pass holds a NUL character"),
+        ("[mta]\nca_file: /tmp/ca\0.pem\n", r"\[mta\] ca_file holds a NUL character"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_key_and_never_quoting_a_secret(config, text, named):
+    with pytest.raises(ConfigurationError, match=named) as refused:
+        config.push("bad", text)
+    shown = str(refused.value)
+    assert "geheim" not in shown and "ascii" not in shown and "position" not in shown
+    assert config.layers == []
+
+
+def test_a_layer_being_checked_is_seen_by_no_other_thread(config):
+    """While a plugin's check runs, other threads see the layers as they were; after a refusal, too."""
+    import threading
+
+    from mailman_mta import hookimpl
+    from mailman_mta.manager import registry
+
+    checking, release = threading.Event(), threading.Event()
+
+    class Slow:
+        @hookimpl
+        def mta_check_config(self, config):
+            if config.settings.mta.smtp_port == 2525:
+                checking.set()
+                assert release.wait(10)
+                raise ConfigurationError("port 2525 is refused by the test plugin")
+
+    registry.add("slow", Slow())
+    try:
+        config.push("plugins", "[plugin.slow]\nenabled: yes\n")
+        pusher = threading.Thread(
+            target=lambda: pytest.raises(ConfigurationError, config.push, "bad", "[mta]\nsmtp_port: 2525\n")
+        )
+        pusher.start()
+        assert checking.wait(10)
+        seen = (config.mta.smtp_port, config.settings.mta.smtp_port, config.origin("mta", "smtp_port"), config.layers)
+        release.set()
+        pusher.join(10)
+    finally:
+        registry.remove("slow")
+    assert seen == ("25", 25, "default", ["plugins"])
+    assert config.layers == ["plugins"] and config.mta.smtp_port == "25"
+
+
+def test_files_that_cannot_be_read_are_named(tmp_path, config):
+    latin = tmp_path / "latin1.cfg"
+    latin.write_bytes("[mta]\nsmtp_user: j\xf6rg\n".encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"latin1.cfg' is not UTF-8 text \(byte 18 is not\)"):
+        config.push_file(latin)
+    extending = tmp_path / "site.cfg"
+    extending.write_text("[meta]\nextends: missing.cfg\n[mta]\nsmtp_port: 2525\n")
+    with pytest.raises(ConfigurationError, match=r"\[meta\] extends names '.*missing.cfg', which cannot be read"):
+        config.push_file(extending)
+    extending.write_text("[meta]\nextends: latin1.cfg\n")
+    with pytest.raises(ConfigurationError, match=r"\[meta\] extends names a file that is not UTF-8"):
+        config.push_file(extending)
+    assert config.layers == []

@@ -286,3 +286,12 @@ def test_addresses_go_out_as_djangos_own_backend_sends_them(smtp_settings, sende
         return
     assert (ours, type(our_error)) == (theirs, type(their_error))
     assert our_envelopes == their_envelopes
+
+
+def test_a_non_ascii_password_and_host_from_django_settings(smtp_settings):
+    smtp_settings.credentials["testuser"] = "pässwörd-日本"
+    with override_settings(EMAIL_HOST_USER="testuser", EMAIL_HOST_PASSWORD="pässwörd-日本"):
+        assert mail.send_mail("x", "x", "anne@example.com", ["bart@example.com"]) == 1
+    assert smtp_settings.received[0].authenticated_as == "testuser"
+    with override_settings(EMAIL_HOST="bücher.example"):
+        assert EmailBackend().config.settings.mta.smtp_host == "xn--bcher-kva.example"
