@@ -17,6 +17,7 @@ changes.  The key is read again when its file changes.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 from mailman_mta import hookimpl
@@ -86,13 +87,44 @@ def mta_check_config(config):
             raise ConfigurationError(f"[dkim] {key}: {error}", section="dkim", key=key) from None
     if "from" not in (name.lower() for name in settings.headers):
         raise ConfigurationError("[dkim] headers must include From (RFC 6376 5.4)", section="dkim", key="headers")
-    key = private_key(settings.private_key_file)
-    if b"PRIVATE KEY-----" not in key:
+    path = settings.private_key_file
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
         raise ConfigurationError(
-            f"[dkim] private_key_file {settings.private_key_file!r} holds no PEM private key",
+            f"[dkim] private_key_file {path!r} cannot be read: {error.strerror}", section="dkim", key="private_key_file"
+        ) from None
+    if mode & 0o077:
+        # As OpenSSH refuses a private key others may read: anyone who can
+        # read it can sign mail as the domain.
+        raise ConfigurationError(
+            f"[dkim] private_key_file {path!r} may be read by others (mode {stat.S_IMODE(mode):04o}): "
+            "make it readable by its owner alone (chmod 600)",
             section="dkim",
             key="private_key_file",
         )
+    _parse(path, private_key(path))
+
+
+def _parse(path: str, key: bytes) -> None:
+    """Refuse, naming the file, a key dkimpy cannot sign with, rather than defer every message later."""
+    if b"PRIVATE KEY-----" not in key:
+        raise ConfigurationError(
+            f"[dkim] private_key_file {path!r} holds no PEM private key", section="dkim", key="private_key_file"
+        )
+    try:
+        from dkim.crypto import parse_pem_private_key
+
+        parse_pem_private_key(key)
+    except Exception as error:  # dkimpy raises its own, binascii's and ASN.1 errors alike
+        reason = f"{type(error).__name__}: {error}"
+    else:
+        return
+    raise ConfigurationError(
+        f"[dkim] private_key_file {path!r} holds no RSA private key dkimpy can use ({reason})",
+        section="dkim",
+        key="private_key_file",
+    )
 
 
 def private_key(path: str) -> bytes:
@@ -129,9 +161,13 @@ def signature(message: bytes, settings) -> bytes:
             canonicalize=(b"relaxed", b"relaxed"),
             include_headers=headers,
         )
-    except dkim.DKIMException as error:
+    except (dkim.DKIMException, ValueError) as error:
+        # The file changed since it was checked (ValueError: a body that is
+        # not base64).
         raise ConfigurationError(
-            f"[dkim] cannot sign with {settings.private_key_file!r}: {error}", section="dkim", key="private_key_file"
+            f"[dkim] cannot sign with private_key_file {settings.private_key_file!r}: {type(error).__name__}: {error}",
+            section="dkim",
+            key="private_key_file",
         ) from None
 
 

@@ -112,6 +112,7 @@ def key_pair(tmp_path_factory) -> tuple[Path, bytes]:
     path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
+    path.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 

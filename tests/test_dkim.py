@@ -74,11 +74,26 @@ def test_each_copy_is_signed_after_every_other_change(signing, mta_smtpd, mta_la
         ("domain: example.org\nselector: s1\nprivate_key_file: {key}\nheaders: Subject To\n", "must include From"),
         ("domain: exa mple.org\nselector: s1\nprivate_key_file: {key}\n", r"\[dkim\] domain: 'exa mple.org'"),
         ("domain: example.org\nselector: s1\nprivate_key_file: {other}\n", "holds no PEM private key"),
+        (
+            "domain: example.org\nselector: s1\nprivate_key_file: {garbage}\n",
+            r"\[dkim\] private_key_file '.*garbage.pem' holds no RSA private key dkimpy can use \(Error: ",
+        ),
+        (
+            "domain: example.org\nselector: s1\nprivate_key_file: {shared}\n",
+            r"\[dkim\] private_key_file '.*shared.pem' may be read by others \(mode 0644\): .*chmod 600",
+        ),
     ],
 )
 def test_incomplete_settings_are_refused_at_push(mta_config, mta_layers, key_pair, tmp_path, settings, problem):
     other = tmp_path / "not-a-key.pem"
     other.write_text("hello\n")
-    text = settings.format(key=key_pair[0], other=other)
+    other.chmod(0o600)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nthis is no base64!\n-----END PRIVATE KEY-----\n")
+    garbage.chmod(0o600)
+    shared = tmp_path / "shared.pem"
+    shared.write_bytes(key_pair[0].read_bytes())
+    shared.chmod(0o644)
+    text = settings.format(key=key_pair[0], other=other, garbage=garbage, shared=shared)
     with pytest.raises(ConfigurationError, match=problem):
         mta_layers.push("dkim", f"[plugin.dkim]\nenabled: yes\n[dkim]\n{text}")
