@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -68,6 +69,7 @@ EXIT_USAGE = 2
 EXIT_DATAERR = 65
 EXIT_NOINPUT = 66
 EXIT_SOFTWARE = 70
+EXIT_CANTCREAT = 73
 EXIT_IOERR = 74
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
@@ -113,6 +115,40 @@ def describe(error: BaseException) -> str:
     return text or f"an unexpected {type(error).__name__} with no message"
 
 
+#: Characters shown escaped: controls (what a terminal takes as commands, such
+#: as ESC), and the invisible ones that reorder text; new lines too, where
+#: one line is meant.
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[{_CONTROLS}]")
+_UNPRINTABLE_IN_A_LINE = re.compile(f"[\n{_CONTROLS}]")
+
+
+def printable(text: str, *, one_line: bool = True) -> str:
+    """*text* with its control characters escaped (``\\x1b``), safe to print to a terminal.
+
+    A relay's reply, an address a client sent the sink, a line of a
+    transcript: any of them may hold terminal escape sequences (a new
+    window title, a cleared screen), or a new line that forges a line of
+    output where one line is meant (*one_line*).
+    """
+    pattern = _UNPRINTABLE_IN_A_LINE if one_line else _UNPRINTABLE
+    return pattern.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class PlainConsole(Console):
+    """A rich `Console` printing plain text, with every string it is given made `printable`.
+
+    Our own output may span lines (JSON); what others said is escaped line
+    by line where it is put into a sentence or a table.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(highlight=False, markup=False, emoji=False, **options)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*(printable(o, one_line=False) if isinstance(o, str) else o for o in objects), **options)
+
+
 class OneLineErrors(click.Group):
     """A click group whose errors are one sentence and a status, not a traceback."""
 
@@ -137,7 +173,7 @@ class OneLineErrors(click.Group):
 
 def _say_and_exit(message: str, status: int) -> None:
     if sys.stderr is not None:
-        print(f"Error: {message}", file=sys.stderr)
+        print(f"Error: {printable(message)}", file=sys.stderr)
     sys.exit(status)
 
 
@@ -151,8 +187,8 @@ class Invocation:
     def __init__(self, config: Configuration, debug: bool) -> None:
         self.config = config
         self.debug = debug
-        self.console = Console(highlight=False, markup=False, emoji=False)
-        self.errors = Console(stderr=True, highlight=False, markup=False, emoji=False)
+        self.console = PlainConsole()
+        self.errors = PlainConsole(stderr=True)
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
@@ -194,7 +230,7 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
             # The value is never shown: it may be a password (typed after a
             # ':' or a space instead of '='), so only what looks like
             # section.key is.
-            shown = _KEY_SHAPE.match(name.strip())[0] + "..."  # type: ignore[index]
+            shown = _KEY_SHAPE.match(name.strip())[0] + ("=" if equals else " ") + "..."  # type: ignore[index]
             raise click.BadParameter(f"{shown!r} is not section.key=value", param_hint="'-o'")
         if "\n" in value or "\r" in value:
             raise click.BadParameter(f"the value for {name} must be one line", param_hint="'-o'")
@@ -252,7 +288,8 @@ def relay_options(function: Callable) -> Callable:
     ):
         invocation = _invocation()
         lines = []
-        if server:
+        if server is not None:
+            # An empty one (an unset $RELAY) is refused, not taken as "the configured relay".
             host, port = _host_and_port(server)
             lines += [f"smtp_host: {host}"] + ([f"smtp_port: {port}"] if port else [])
         if secure_mode:
@@ -306,7 +343,7 @@ class TranscriptPrinter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         direction = getattr(record, "smtp_direction", "*")
         line = getattr(record, "smtp_line", record.getMessage())
-        self.console.print(f"{direction}: {line}", soft_wrap=True)
+        self.console.print(printable(f"{direction}: {line}"), soft_wrap=True)
 
 
 @contextmanager
@@ -487,7 +524,8 @@ def _report(invocation: Invocation, results: list[tuple[str, DeliveryResult]]) -
             failure = distinct.pop()
             whole_errors.append(result.error)
             invocation.errors.print(
-                f"Error: {name}: not delivered to any recipient: {failure.code} {failure.message}", soft_wrap=True
+                printable(f"Error: {name}: not delivered to any recipient: {failure.code} {failure.message}"),
+                soft_wrap=True,
             )
             continue
         invocation.console.print(
@@ -501,7 +539,16 @@ def _report(invocation: Invocation, results: list[tuple[str, DeliveryResult]]) -
             table.add_column(column)
         for name, recipient, failure in rows:
             table.add_row(
-                name, recipient, str(failure.code), "permanent" if failure.permanent else "temporary", failure.message
+                *map(
+                    printable,
+                    (
+                        name,
+                        recipient,
+                        str(failure.code),
+                        "permanent" if failure.permanent else "temporary",
+                        failure.message,
+                    ),
+                )
             )
         invocation.console.print(table)
     if not failures:
@@ -734,10 +781,33 @@ def sink(
     arrivals: queue.Queue = queue.Queue()
     console = invocation.console
     directory = Path(save_dir) if save_dir else None
-    with invocation.reporting():
-        if directory is not None:
+    if directory is not None:
+        try:
             directory.mkdir(parents=True, exist_ok=True)
-        server = CountingSMTPServer(host, port, credentials=None, on_message=arrivals.put)
+        except OSError as error:
+            # Not "try again later": nothing changes until someone acts.
+            raise CommandError(
+                f"cannot create the --save-dir folder {str(directory)!r}: {error.strerror}", EXIT_CANTCREAT
+            ) from None
+    numbers = itertools.count(1)
+
+    def arrive(message: Any) -> str | None:
+        """Save the message (in the server's thread, before it is answered), and queue it to be printed."""
+        number = next(numbers)
+        path = None
+        if directory is not None:
+            path = directory / f"{number:04d}.eml"
+            envelope = f"X-MailFrom: {message.mail_from}\r\nX-RcptTo: {', '.join(message.rcpt_tos)}\r\n".encode()
+            try:
+                path.write_bytes(envelope + message.content)
+            except OSError as error:
+                arrivals.put((number, message, error))
+                return f"451 4.3.0 The sink could not save the message: {error.strerror}"
+        arrivals.put((number, message, path))
+        return None
+
+    with invocation.reporting():
+        server = CountingSMTPServer(host, port, credentials=None, on_message=arrive)
         for pattern in patterns:
             server.refuse_matching(pattern)
         server.misbehave_at_random(fail_rate=fail_rate, drop_rate=drop_rate, seed=seed)
@@ -751,11 +821,17 @@ def sink(
             if wait <= 0:
                 break
             try:
-                message = arrivals.get(timeout=wait)
+                number, message, saved = arrivals.get(timeout=wait)
             except queue.Empty:
                 continue
+            if isinstance(saved, OSError):
+                invocation.errors.print(
+                    f"#{number} refused with 451: it cannot be saved in {str(directory)!r}: {saved.strerror}",
+                    soft_wrap=True,
+                )
+                continue
             received += 1
-            _print_arrival(console, received, message, server.get_connection_count(), directory)
+            _print_arrival(console, number, message, server.get_connection_count(), saved)
     except KeyboardInterrupt:
         pass
     finally:
@@ -767,7 +843,7 @@ def sink(
 _SHOWN_RECIPIENTS = 10
 
 
-def _print_arrival(console: Console, number: int, message: Any, connections: int, directory: Path | None) -> None:
+def _print_arrival(console: Console, number: int, message: Any, connections: int, saved: Path | None) -> None:
     text = message.content.decode("utf-8", "replace")
     head = text.split("\r\n\r\n", 1)[0]
     subject = next((line[9:].strip() for line in head.splitlines() if line.lower().startswith("subject: ")), "")
@@ -781,11 +857,8 @@ def _print_arrival(console: Console, number: int, message: Any, connections: int
         console.print(f"    to {recipient}", soft_wrap=True)
     if len(recipients) > _SHOWN_RECIPIENTS:
         console.print(f"    and {len(recipients) - _SHOWN_RECIPIENTS} more", soft_wrap=True)
-    if directory is not None:
-        path = directory / f"{number:04d}.eml"
-        envelope = f"X-MailFrom: {message.mail_from}\r\nX-RcptTo: {', '.join(recipients)}\r\n".encode()
-        path.write_bytes(envelope + message.content)
-        console.print(f"    saved as {path}", soft_wrap=True)
+    if saved is not None:
+        console.print(f"    saved as {saved}", soft_wrap=True)
 
 
 # -- demo ----------------------------------------------------------------

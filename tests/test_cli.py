@@ -594,6 +594,94 @@ def test_configuration_mistakes_exit_78_naming_what_was_wrong_and_never_a_passwo
     result = run("-c", str(latin), "config")
     assert result.exit_code == 78 and "latin1.cfg' is not UTF-8 text" in result.output
     result = run("-o", "mta.smtp_pass:Secret-PW-99", "config")
-    assert result.exit_code == 2 and "Secret-PW-99" not in result.output and "'mta.smtp_pass...'" in result.output
+    assert result.exit_code == 2 and "Secret-PW-99" not in result.output and "'mta.smtp_pass ...'" in result.output
     result = run("-o", "mta.smtp_host=bücher.example", "-o", "mta.smtp_pass=pässwörd", "config", "--changed")
     assert result.exit_code == 0 and "bücher.example" in result.output and "pässwörd" not in result.output
+
+
+def test_an_empty_server_is_refused_not_taken_for_the_configured_relay(mta_smtpd, tmp_path):
+    eml = tmp_path / "m.eml"
+    eml.write_text("Subject: x\n\nHello\n")
+    here = ["-o", f"mta.smtp_host={mta_smtpd.hostname}", "-o", f"mta.smtp_port={mta_smtpd.port}"]
+    result = run(*here, "send", "-s", "", "-f", "a@example.com", "-t", "b@example.com", str(eml))
+    assert result.exit_code == 2 and "'--server'" in result.output
+    assert mta_smtpd.received == []
+
+
+def test_a_save_dir_that_cannot_be_created_is_no_temporary_failure(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("sink", "--port", "0", "--seconds", "0.1", "--save-dir", str(blocker / "inside"))
+    assert result.exit_code == 73 and "cannot create the --save-dir folder" in result.output
+
+
+def test_a_message_the_sink_cannot_save_is_answered_451_and_the_sink_goes_on(tmp_path):
+    """Raw: the save folder vanishes while the sink runs."""
+    import shutil
+
+    from mailman_mta.cli import main as cli
+
+    folder = tmp_path / "saved"
+    port = _free_port()
+    outcome: dict = {}
+    sink = threading.Thread(
+        target=lambda: outcome.update(
+            result=CliRunner().invoke(
+                cli, ["sink", "-p", str(port), "--seconds", "4", "-n", "2", "--save-dir", str(folder)]
+            )
+        )
+    )
+    sink.start()
+    try:
+        _wait_listening(port)
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+            client.sendmail("a@example.com", ["b@example.com"], "Subject: one\r\n\r\nx\r\n")
+            shutil.rmtree(folder)
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.com", ["b@example.com"], "Subject: two\r\n\r\nx\r\n")
+            assert refused.value.smtp_code == 451
+            folder.mkdir()
+            client.sendmail("a@example.com", ["b@example.com"], "Subject: three\r\n\r\nx\r\n")
+    finally:
+        sink.join(10)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output
+    assert "#2 refused with 451" in result.output and "#3 from a@example.com" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_what_a_relay_says_reaches_the_terminal_escaped(tmp_path):
+    """Raw: a reply carrying terminal escape sequences is printed with them escaped."""
+    from mailman_mta.testing.scripted import Action, ScriptedSMTPServer
+
+    eml = tmp_path / "m.eml"
+    eml.write_text("Subject: x\n\nHello\n")
+    evil = b"554 5.7.1 \x1b]0;owned\x07\x1b[2J refused\r\n"
+    with ScriptedSMTPServer() as server:
+        server.script(Action(), Action(), Action(reply=evil))
+        relay = f"{server.hostname}:{server.port}"
+        result = run("send", "-s", relay, "--transcript", "-f", "a@example.com", "-t", "b@example.com", str(eml))
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "\\x1b]0;owned\\x07\\x1b[2J refused" in result.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_listening(port: int) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")

@@ -128,16 +128,17 @@ class _Handler(MessageBase):
             await server._drop()
             return "451 4.3.0 Not kept"  # never seen: the connection is gone
         fault = self.server._take_fault("END-OF-DATA")
+        refusal = None
         if fault is None or fault.accept or not fault.replaces_answer():
-            self._record(session, envelope)
+            refusal = self._record(session, envelope)
         if fault is None:
-            return "250 OK"
+            return refusal or "250 OK"
         # A reply that closes is pushed before closing; one that does not
         # is aiosmtpd's answer, returned.
         await server._misbehave(fault, push_reply=fault.close)
         return fault.reply or "250 OK"
 
-    def _record(self, session, envelope) -> None:
+    def _record(self, session, envelope) -> str | None:
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         received = ReceivedMessage(
             mail_from=envelope.mail_from,
@@ -149,7 +150,7 @@ class _Handler(MessageBase):
             authenticated_as=login,
         )
         message = self.prepare_message(session, envelope)
-        self.server._on_message(received, message)
+        return self.server._on_message(received, message)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
         session.host_name = hostname
@@ -354,7 +355,9 @@ class CountingSMTPServer:
         ``"PIPELINING"``...).  PIPELINING is offered unless hidden, as
         Postfix and Exim offer it.
     :param on_message: called with each `ReceivedMessage`, in the server's
-        thread, as it arrives.
+        thread, as it arrives, before the client is answered.  It may
+        return an SMTP reply line (``"451 4.3.0 ..."``) to answer instead
+        of 250; the message is then not kept.
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
         (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
 
@@ -372,7 +375,7 @@ class CountingSMTPServer:
         oauth_tokens: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         hidden_extensions: Iterable[str] = (),
-        on_message: Callable[[ReceivedMessage], None] | None = None,
+        on_message: Callable[[ReceivedMessage], str | None] | None = None,
         ready_timeout: float = 10.0,
         **smtp_options: Any,
     ) -> None:
@@ -657,12 +660,16 @@ class CountingSMTPServer:
         with self._lock:
             self._record.auth_lines.append(arg)
 
-    def _on_message(self, received: ReceivedMessage, message: EmailMessage) -> None:
+    def _on_message(self, received: ReceivedMessage, message: EmailMessage) -> str | None:
+        """Keep the message, unless `on_message` refuses it: its reply, or None."""
+        if self.on_message is not None:
+            refusal = self.on_message(received)
+            if refusal is not None:
+                return refusal
         with self._lock:
             self._record.received.append(received)
             self._record.messages.append(message)
-        if self.on_message is not None:
-            self.on_message(received)
+        return None
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         if (
