@@ -24,6 +24,7 @@ import logging
 import math
 import smtplib
 import ssl
+import threading
 import time
 from typing import Any
 
@@ -217,6 +218,10 @@ class Connection:
         #: (host, port) of the relay the open transport reached.
         self._relay: tuple[str, int] | None = None
         self._plugin_state: dict[object, dict[str, Any]] = {}
+        #: Held while this connection opens (connects, is greeted, secured
+        #: and logged in): a pool gives its connections one lock, so that a
+        #: relay is asked for one new connection at a time.
+        self.opening_lock: threading.Lock | None = None
         #: This connection's serial number in the process, for logs.
         self.number = next(_numbers)
         self.session_count = 0
@@ -570,6 +575,13 @@ class Connection:
         return transport
 
     def _connect(self, config: Configuration, hook: Any) -> None:
+        if self.opening_lock is None:
+            self._open(config, hook)
+            return
+        with self.opening_lock:
+            self._open(config, hook)
+
+    def _open(self, config: Configuration, hook: Any) -> None:
         terms = self._opening_terms(config)
         transport = self.open_transport()
         self.transport = transport

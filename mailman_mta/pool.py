@@ -30,14 +30,20 @@ from .transaction import TransactionResult
 class ConnectionPool:
     """Up to *size* connections like *first* (its `Connection.sibling`s).
 
-    Connections are made when there is work for them, and open their
-    network connection on their first send, as any `Connection` does.
+    Connections are made when there is work for them (a new one only when
+    every other is busy), and open their network connection on their first
+    send, as any `Connection` does; but one at a time: the connections of a
+    pool share an `opening lock <Connection.opening_lock>`, so a relay slow
+    to greet is never asked for many connections at once (relays ban hosts
+    that do that).
     """
 
     def __init__(self, first: Connection, size: int) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one connection, not {size}")
         self.size = size
+        self._opening = threading.Lock()
+        first.opening_lock = self._opening
         self.connections = [first]
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._idle.put(first)
@@ -89,6 +95,7 @@ class ConnectionPool:
         with self._lock:
             if len(self.connections) < self.size:
                 connection = self.connections[0].sibling()
+                connection.opening_lock = self._opening
                 self.connections.append(connection)
                 return connection
         return self._idle.get()

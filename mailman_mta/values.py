@@ -25,6 +25,7 @@ from .secret import Secret
 
 __all__ = [
     "MAX_SECONDS",
+    "as_connection_count",
     "as_count",
     "as_existing_directory",
     "as_existing_file",
@@ -126,6 +127,25 @@ def as_positive_count(value: str) -> int:
     if count < 1:
         raise ValueError(f"{value!r} is not a whole number, 1 or more")
     return count
+
+
+#: The most connections one pool may open to one relay (``[mta] max_connections``).
+#: Relays count a client's connections and ban hosts that open too many
+#: (Postfix lets each destination have 20 by default, and its anvil(8)
+#: rate-limits clients); beyond a few dozen, more connections only add
+#: threads and the relay's suspicion, not throughput.
+MAX_CONNECTIONS = 50
+
+
+def as_connection_count(value: str) -> int:
+    """How many connections at once: a whole number from 1 to `MAX_CONNECTIONS`."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_CONNECTIONS:
+        raise ValueError(f"{value!r} is not a number of connections from 1 to {MAX_CONNECTIONS}")
+    return number
 
 
 def as_count(value: str) -> int:

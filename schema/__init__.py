@@ -33,13 +33,13 @@ from typing import Any
 from mailman_mta.errors import ConfigurationError
 from mailman_mta.tls import SECURE_MODES, TLS_VERSIONS
 from mailman_mta.values import (
+    as_connection_count,
     as_count,
     as_existing_directory,
     as_existing_file,
     as_flag,
     as_host,
     as_port,
-    as_positive_count,
     as_positive_seconds,
     as_python_path,
     as_seconds,
@@ -85,7 +85,7 @@ CORE_TYPES: dict[str, dict[str, Converter]] = {
         "delivery": one_of("bulk", "individual", "verp"),
         "max_recipients": as_count,
         "pipelining": as_flag,
-        "max_connections": as_positive_count,
+        "max_connections": as_connection_count,
     },
     PLUGIN_CATEGORY: {
         "class": as_python_path,

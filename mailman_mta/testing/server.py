@@ -198,10 +198,15 @@ class _CountingSMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        fault = self._counting_server._take_fault("CONNECT")
-        # A refusal instead of the greeting always ends the connection.
-        if fault is not None and await self._misbehave(replace(fault, close=fault.replaces_answer())):
-            return
+        server = self._counting_server
+        fault = server._take_fault("CONNECT")
+        server._awaiting_greeting(+1)
+        try:
+            # A refusal instead of the greeting always ends the connection.
+            if fault is not None and await self._misbehave(replace(fault, close=fault.replaces_answer())):
+                return
+        finally:
+            server._awaiting_greeting(-1)
         await super()._handle_client()
 
     async def _fault(self, point: str) -> bool:
@@ -393,6 +398,10 @@ class CountingSMTPServer:
         self.hidden_extensions = {name.upper() for name in hidden_extensions}
         self.on_message = on_message
         self._probe_ports: set[int] = set()
+        self._greeting_pending = 0
+        #: The most connections that were, at one moment, waiting for their
+        #: greeting (a ``CONNECT`` fault with a delay keeps them waiting).
+        self.most_awaiting_greeting = 0
         self._refusals: dict[str, str] = {}
         self._patterns: list[tuple[re.Pattern[str], str]] = []
         self._rates = {"fail": 0.0, "drop": 0.0}
@@ -659,6 +668,11 @@ class CountingSMTPServer:
     def _on_auth(self, arg: str) -> None:
         with self._lock:
             self._record.auth_lines.append(arg)
+
+    def _awaiting_greeting(self, change: int) -> None:
+        with self._lock:
+            self._greeting_pending += change
+            self.most_awaiting_greeting = max(self.most_awaiting_greeting, self._greeting_pending)
 
     def _on_message(self, received: ReceivedMessage, message: EmailMessage) -> str | None:
         """Keep the message, unless `on_message` refuses it: its reply, or None."""
