@@ -67,6 +67,10 @@ CONNECTION_KEYS = (
     "tls_min_version",
 )
 
+#: The slowest transfer of message data a transaction's deadline allows
+#: for (see `Connection.transaction_deadline`).
+OCTETS_PER_SECOND_AT_LEAST = 10_000
+
 #: Serial numbers of `Connection` objects, for logs.
 _numbers = itertools.count(1)
 
@@ -455,6 +459,10 @@ class Connection:
                 raise
         return result
 
+    def transaction_deadline(self, envelope: Envelope) -> float:
+        """Seconds *envelope*'s whole transaction may take: ``[mta] transaction_timeout``, and 1 s per 10 KB."""
+        return self.setting("transaction_timeout") + len(envelope.message) / OCTETS_PER_SECOND_AT_LEAST
+
     def _may_carry_another(self, config: Configuration, hook: Any) -> bool:
         """May the open connection carry the next session, as it is and as the plugins say?"""
         if self._opened_with != self._opening_terms(config):
@@ -503,7 +511,9 @@ class Connection:
             relay, session = self._relay, self.session_count + 1
             ours = self._exact
             if ours:
-                result = IMessageTransactions(transport).transact(envelope, pipelining=self.setting("pipelining"))
+                result = IMessageTransactions(transport).transact(
+                    envelope, pipelining=self.setting("pipelining"), deadline=self.transaction_deadline(envelope)
+                )
             else:
                 result = _foreign_transaction(transport, envelope)
         except (UnsendableMessageError, EnvelopeError) as error:

@@ -161,13 +161,16 @@ class ITransport(Interface):
 class IMessageTransactions(Interface):
     """A transport that runs mail transactions with exact accounting."""
 
-    def transact(envelope, pipelining=True):
+    def transact(envelope, pipelining=True, deadline=None):
         """Run one mail transaction for *envelope*; return its `TransactionResult`.
 
         See `mailman_mta.transaction`.  Uses PIPELINING when *pipelining*
-        is true and the server offers it.  Failures from MAIL onward are in
-        the result, never raised; what stops the transaction before MAIL
-        (a message the server cannot take, a failed EHLO) is raised.
+        is true and the server offers it.  With *deadline* (seconds), the
+        whole transaction, every write and reply of it, ends within that
+        time, however each reply comes (a timeout error in the result).
+        Failures from MAIL onward are in the result, never raised; what
+        stops the transaction before MAIL (a message the server cannot
+        take, a failed EHLO) is raised.
         """
 
     def input_pending():

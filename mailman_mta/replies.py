@@ -116,6 +116,10 @@ class ReplyReader:
         #: The socket's own timeout, while it is shortened to what is left.
         self._budget: float | None = None
         self._shortened = False
+        #: When (`time.monotonic`) the transaction under way must be over,
+        #: and how long it was given: every reply ends by then too.
+        self.deadline: float | None = None
+        self.deadline_seconds = 0.0
 
     @property
     def buffered(self) -> int:
@@ -132,15 +136,15 @@ class ReplyReader:
         """
         buffer = self._buffer
         self._started = None
-        quick = self._one_line_at(0)
-        if quick is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
-            self._receive(command)
-            quick = self._one_line_at(0)
-        if quick is not None:
-            reply, end = quick
-            del buffer[:end]
-            return reply
         try:
+            quick = self._one_line_at(0)
+            if quick is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
+                self._receive(command)
+                quick = self._one_line_at(0)
+            if quick is not None:
+                reply, end = quick
+                del buffer[:end]
+                return reply
             return self._read_lines(command)
         finally:
             if self._shortened:
@@ -234,19 +238,26 @@ class ReplyReader:
         shortened until the reply is complete.
         """
         sock = self.sock
-        if self._started is None:
-            self._started = time.monotonic()
+        now = time.monotonic()
+        first = self._started is None
+        if first:
+            self._started = now
             self._budget = sock.gettimeout()
-        elif self._budget is not None:
-            remaining = self._started + self._budget - time.monotonic()
+        started = self._started
+        assert started is not None, "set above"
+        remaining = None if self._budget is None else started + self._budget - now
+        past_deadline = False
+        if self.deadline is not None and (remaining is None or self.deadline - now < remaining):
+            remaining, past_deadline = self.deadline - now, True
+        if remaining is not None and (past_deadline or not first):
             if remaining <= 0:
-                raise self._timed_out(command)
+                raise self._timed_out(command, past_deadline)
             sock.settimeout(remaining)
             self._shortened = True
         try:
             chunk = sock.recv(_RECV_OCTETS)
         except TimeoutError:
-            raise self._timed_out(command) from None
+            raise self._timed_out(command, past_deadline) from None
         except OSError as error:
             raise smtplib.SMTPServerDisconnected(
                 f"{self.where} closed the connection while waiting for the reply to {command} ({error})"
@@ -257,7 +268,12 @@ class ReplyReader:
             )
         self._buffer += chunk
 
-    def _timed_out(self, command: str) -> SMTPTimeoutError:
+    def _timed_out(self, command: str, past_deadline: bool = False) -> SMTPTimeoutError:
+        if past_deadline:
+            return SMTPTimeoutError(
+                f"{self.where}: the transaction did not end within its {self.deadline_seconds:g} s "
+                f"([mta] transaction_timeout), waiting for the reply to {command}"
+            )
         return SMTPTimeoutError(f"{self.where} did not answer {command} within {self._budget:g} s")
 
     def _parse(self, line: bytes, command: str) -> tuple[int, bool, bytes]:

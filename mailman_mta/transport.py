@@ -30,6 +30,7 @@ import smtplib
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from zope.interface import classImplements, implementer
@@ -351,28 +352,51 @@ class SMTPTransport(smtplib.SMTP):
         sock = self.sock
         if sock is None:
             raise smtplib.SMTPServerDisconnected(f"{self.where} is not connected (sending {self.last_command})")
+        timeout = sock.gettimeout()
+        past_deadline = False
+        reader = self._reader
+        deadline, seconds = (reader.deadline, reader.deadline_seconds) if reader is not None else (None, 0.0)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if timeout is None or left < timeout:
+                past_deadline = True
+                if left <= 0:
+                    self.close()
+                    raise self._past_deadline(seconds)
+                sock.settimeout(left)
         try:
             sock.sendall(data)
         except TimeoutError:
             self.close()
-            raise SMTPTimeoutError(
-                f"{self.where} did not accept {self.last_command} within {sock.gettimeout():g} s"
-            ) from None
+            if past_deadline:
+                raise self._past_deadline(seconds) from None
+            raise SMTPTimeoutError(f"{self.where} did not accept {self.last_command} within {timeout:g} s") from None
         except OSError as error:
             self.close()
             raise smtplib.SMTPServerDisconnected(
                 f"{self.where} closed the connection while sending {self.last_command} ({error})"
             ) from error
+        if past_deadline:
+            sock.settimeout(timeout)
+
+    def _past_deadline(self, seconds: float) -> SMTPTimeoutError:
+        return SMTPTimeoutError(
+            f"{self.where}: the transaction did not end within its {seconds:g} s "
+            f"([mta] transaction_timeout), sending {self.last_command}"
+        )
 
     # -- transactions ----------------------------------------------------
 
-    def transact(self, envelope: Envelope, pipelining: bool = True) -> TransactionResult:
+    def transact(self, envelope: Envelope, pipelining: bool = True, deadline: float | None = None) -> TransactionResult:
         """Run one mail transaction for *envelope*; see `IMessageTransactions`.
 
         Says EHLO first if that has not been done.  Raises what stops the
         transaction before MAIL (`mailman_mta.errors.UnsendableMessageError`,
         `mailman_mta.errors.EnvelopeError`, a failed EHLO); every failure
-        after that is in the result.
+        after that is in the result.  With *deadline* (seconds), every write
+        and every reply of the transaction must be over by then: a relay
+        answering each command just within ``command_timeout`` cannot
+        stretch one transaction to many of them.
         """
         self.message_data_sent = False
         self.ehlo_or_helo_if_needed()
@@ -386,7 +410,15 @@ class SMTPTransport(smtplib.SMTP):
             envelope.rcpt_options,
             pipelining=pipelining and "pipelining" in self.esmtp_features,
         )
-        return transaction.run()
+        if deadline is None:
+            return transaction.run()
+        # The reader keeps the deadline, for the writes too (see _sendall).
+        reader = self._reply_reader()
+        reader.deadline, reader.deadline_seconds = time.monotonic() + deadline, deadline
+        try:
+            return transaction.run()
+        finally:
+            reader.deadline = None
 
     def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
         """Run one transaction with the contract of `smtplib.SMTP.sendmail`.
@@ -590,9 +622,6 @@ class SMTPTransport(smtplib.SMTP):
         """smtplib's own debug output: only its copy of the greeting is left, which we log as a reply."""
 
 
-classImplements(smtplib.SMTP, ITransport)
-
-
 class _Credentials:
     """The responses of one SASL mechanism for a user name and a `Secret` password, each a `Secret`.
 
@@ -633,3 +662,6 @@ def _cram_md5(password: Secret, challenge: bytes) -> str:
         pass
     # Raised outside the handler: MD5 is refused here (FIPS mode).
     raise smtplib.SMTPException("CRAM-MD5 cannot be computed here (MD5 is disabled)")
+
+
+classImplements(smtplib.SMTP, ITransport)

@@ -76,6 +76,7 @@ CORE_TYPES: dict[str, dict[str, Converter]] = {
         "max_idle_time": as_seconds,
         "connect_timeout": as_positive_seconds,
         "command_timeout": as_positive_seconds,
+        "transaction_timeout": as_positive_seconds,
         "secure_mode": one_of(*SECURE_MODES),
         "verify_cert": as_flag,
         "verify_hostname": as_flag,

@@ -35,7 +35,10 @@ from hypothesis import strategies as st
 
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
-from mailman_mta.results import PROTOCOL_CODES
+from mailman_mta.envelope import Envelope
+from mailman_mta.errors import EnvelopeError, SMTPTimeoutError
+from mailman_mta.replies import KEPT_OCTETS
+from mailman_mta.results import PROTOCOL_CODES, failures_of
 from mailman_mta.testing import Action, ScriptedSMTPServer
 from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS
 
@@ -87,6 +90,20 @@ GARBAGE = [
     b"\x00\xff\r\n",
 ]
 
+#: A refusal of about 60 KB, each line under the line limit: what is kept of it must be small.
+HUGE_REFUSAL = b"".join(b"550-5.1.1 " + b"z" * 990 + b"\r\n" for _ in range(59)) + b"550 5.1.1 gone\r\n"
+
+
+class _HugeRefusal(Action):
+    """That refusal, shown short when hypothesis reports an example."""
+
+    def __repr__(self) -> str:
+        return "Action(reply=<a 60 KB 550 refusal>)"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
+
 actions = st.one_of(
     st.just(Action()),
     st.just(Action()),
@@ -102,6 +119,7 @@ actions = st.one_of(
     st.just(Action(hang=True)),
     st.sampled_from([0.01, 0.05, TIMEOUT * 2]).map(lambda seconds: Action(delay=seconds)),
     st.just(Action(reply=b"250 2.0.0 slow\r\n", trickle=0.004)),
+    st.just(_HugeRefusal(reply=HUGE_REFUSAL)),
 )
 
 
@@ -189,6 +207,8 @@ def test_results_tell_the_truth_whatever_the_relay_does(script, count, pipelinin
             )
     copies = [address for transaction in kept for address in transaction.accepted]
     assert len(copies) == len(set(copies)), "someone's message was kept twice"
+    # Bounded: what was kept of a reply, and a sentence of ours around it.
+    assert all(len(failure.message.encode()) <= KEPT_OCTETS + 200 for failure in result.refused.values())
     assert all(transaction.data == MESSAGE for transaction in kept)
     # Per transaction, two attempts at most, each waiting at most TIMEOUT
     # for the greeting, EHLO, MAIL, every RCPT, DATA, the end of DATA and
@@ -197,3 +217,89 @@ def test_results_tell_the_truth_whatever_the_relay_does(script, count, pipelinin
     transactions = 1 if strategy == "bulk" else count
     waits = transactions * 2 * (count + 7) + connections
     assert elapsed < waits * TIMEOUT + 1.0, f"{elapsed:.2f} s"
+
+
+# -- batches with bad posts in them ---------------------------------------
+
+_POSTS = st.lists(
+    st.one_of(
+        st.integers(min_value=1, max_value=3).map(lambda n: ("members", n)),
+        st.just(("no recipients", 0)),
+        st.just(("no message", 1)),
+    ),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(
+    max_examples=max(EXAMPLES // 2, 10),
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(posts=_POSTS, script=st.lists(actions, max_size=10), connections=st.sampled_from([1, 4]))
+def test_every_post_of_a_batch_gets_its_result_and_nobody_a_second_copy(posts, script, connections):
+    """deliver_many with bad posts among good ones, whatever the relay does."""
+    batch, numbered = [], 0
+    for kind, size in posts:
+        recipients = [f"member{numbered + n}@example.com" for n in range(size)]
+        numbered += size
+        batch.append(("list@example.org", recipients, object() if kind == "no message" else MESSAGE))
+    with ScriptedSMTPServer() as server:
+        server.script(*script)
+        connection = Connection(
+            server.hostname, server.port, 0, command_timeout=TIMEOUT, connect_timeout=1, max_connections=connections
+        )
+        started = time.monotonic()
+        with Delivery(connection) as delivery:
+            results = list(delivery.deliver_many(batch))
+        elapsed = time.monotonic() - started
+    assert [result.recipients for result in results] == [tuple(recipients) for _, recipients, _ in batch]
+    for (kind, _), result in zip(posts, results, strict=True):
+        if kind != "members":
+            assert isinstance(result.error, EnvelopeError) and result.accepted == ()
+    copies = [address for transaction in server.kept for address in transaction.accepted]
+    assert len(copies) == len(set(copies)), "someone's message was kept twice"
+    bad = {
+        r for (kind, _), (_, recipients, _) in zip(posts, batch, strict=True) if kind != "members" for r in recipients
+    }
+    assert not bad & set(copies), "a post that was refused before sending reached the server"
+    if all(one_reply(action) for action in script):
+        for result in results:
+            for address in result.accepted:
+                assert address in copies, f"{address} reported accepted, but the server kept no copy for it"
+    transactions = sum(1 for kind, _ in posts if kind == "members")
+    assert elapsed < (transactions * 2 * 10 + 2) * TIMEOUT + 1.0, f"{elapsed:.2f} s"
+
+
+# -- a relay that answers everything just in time --------------------------
+
+
+@settings(max_examples=max(EXAMPLES // 4, 8), deadline=None, derandomize=bool(os.environ.get("CI")))
+@given(
+    rcpts=st.integers(min_value=1, max_value=12),
+    delays=st.lists(st.floats(min_value=0.0, max_value=0.15), min_size=1, max_size=16),
+    pipelining=st.booleans(),
+)
+def test_no_transaction_outlives_its_deadline(rcpts, delays, pipelining):
+    """Each reply comes within the command timeout, yet the transaction as a whole is bounded."""
+    recipients = [f"member{i}@example.com" for i in range(rcpts)]
+    extensions = DEFAULT_EXTENSIONS if pipelining else tuple(e for e in DEFAULT_EXTENSIONS if e != "PIPELINING")
+    with ScriptedSMTPServer(extensions) as server:
+        server.script(Action(), Action(), *(Action(delay=delay) for delay in delays))
+        connection = Connection(
+            server.hostname, server.port, 0, command_timeout=0.2, transaction_timeout=0.3, connect_timeout=1
+        )
+        envelope = Envelope.build("list@example.org", recipients, MESSAGE)
+        connection.connect()
+        started = time.monotonic()
+        result = connection.transact(envelope)
+        elapsed = time.monotonic() - started
+        connection.close()
+    deadline = connection.transaction_deadline(envelope)
+    assert elapsed < deadline + 0.2, f"{elapsed:.2f} s for a deadline of {deadline:.2f} s"
+    if result.error is not None and "transaction_timeout" in str(result.error):
+        # Running out of time is never a verdict on anybody.
+        assert isinstance(result.error, SMTPTimeoutError)
+        assert not any(failure.permanent for failure in failures_of(result).values())

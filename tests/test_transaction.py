@@ -411,3 +411,28 @@ def test_a_refused_transaction_is_reset_and_the_connection_reused(relay):
         assert delivery.deliver("list@example.org", THREE, MESSAGE).ok
     assert relay.connections == 1
     assert b"RSET" in [line for _, line in relay.commands]
+
+
+def test_a_relay_answering_each_rcpt_just_in_time_cannot_stretch_a_transaction():
+    """Raw: ten RCPTs each answered within the command timeout; the transaction still ends at its deadline."""
+    from mailman_mta.connection import Connection
+    from mailman_mta.envelope import Envelope
+    from mailman_mta.errors import SMTPTimeoutError
+    from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS, Action, ScriptedSMTPServer
+
+    lockstep = tuple(e for e in DEFAULT_EXTENSIONS if e != "PIPELINING")
+    recipients = [f"member{n}@example.com" for n in range(10)]
+    with ScriptedSMTPServer(lockstep) as server:
+        server.script(Action(), Action(), Action(), *(Action(delay=0.15) for _ in recipients))
+        connection = Connection(
+            server.hostname, server.port, 0, command_timeout=0.25, transaction_timeout=0.5, connect_timeout=1
+        )
+        connection.connect()
+        started = time.monotonic()
+        result = connection.transact(Envelope.build("list@example.org", recipients, "Subject: x\n\nHello\n"))
+        elapsed = time.monotonic() - started
+        connection.close()
+    assert isinstance(result.error, SMTPTimeoutError)
+    assert "did not end within its 0.5" in str(result.error) and "transaction_timeout" in str(result.error)
+    assert elapsed < 0.5 + 0.2, elapsed  # ten replies at 0.15 s would have taken 1.5 s
+    assert server.kept == []
