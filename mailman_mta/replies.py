@@ -71,19 +71,23 @@ class Reply(NamedTuple):
 
     def kept(self) -> Reply:
         """This reply, its text cut to `KEPT_OCTETS` (saying how much was cut), to be kept in a result."""
-        size = sum(len(line) + 1 for line in self.lines) - 1
+        lines = self.lines
+        if len(lines) == 1 and len(lines[0]) <= KEPT_OCTETS:
+            return self  # the usual case, once per recipient
+        size = sum(len(line) + 1 for line in lines) - 1
         if size <= KEPT_OCTETS:
             return self
-        lines, room = [], KEPT_OCTETS
-        for line in self.lines:
+        cut: list[bytes] = []
+        room = KEPT_OCTETS
+        for line in lines:
             if len(line) >= room:
-                lines.append(line[:room])
+                cut.append(line[:room])
                 break
-            lines.append(line)
+            cut.append(line)
             room -= len(line) + 1
-        kept = sum(len(line) + 1 for line in lines) - 1
-        lines[-1] += f" [{size - kept} more octets not kept]".encode()
-        return Reply(self.code, tuple(lines))
+        kept = sum(len(line) + 1 for line in cut) - 1
+        cut[-1] += f" [{size - kept} more octets not kept]".encode()
+        return Reply(self.code, tuple(cut))
 
     def __str__(self) -> str:
         return f"{self.code} {self.text.decode('utf-8', 'replace')}".rstrip()
