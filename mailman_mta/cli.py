@@ -538,18 +538,8 @@ def _report(invocation: Invocation, results: list[tuple[str, DeliveryResult]]) -
         for column in ("message", "recipient", "code", "kind", "reply"):
             table.add_column(column)
         for name, recipient, failure in rows:
-            table.add_row(
-                *map(
-                    printable,
-                    (
-                        name,
-                        recipient,
-                        str(failure.code),
-                        "permanent" if failure.permanent else "temporary",
-                        failure.message,
-                    ),
-                )
-            )
+            kind = "permanent" if failure.permanent else "temporary"
+            table.add_row(printable(name), printable(recipient), str(failure.code), kind, printable(failure.message))
         invocation.console.print(table)
     if not failures:
         return 0

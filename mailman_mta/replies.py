@@ -274,11 +274,15 @@ class ReplyReader:
 
     def _timed_out(self, command: str, past_deadline: bool = False) -> SMTPTimeoutError:
         if past_deadline:
-            return SMTPTimeoutError(
-                f"{self.where}: the transaction did not end within its {self.deadline_seconds:g} s "
-                f"([mta] transaction_timeout), waiting for the reply to {command}"
-            )
+            return self.past_deadline(f"waiting for the reply to {command}")
         return SMTPTimeoutError(f"{self.where} did not answer {command} within {self._budget:g} s")
+
+    def past_deadline(self, doing: str) -> SMTPTimeoutError:
+        """The error for a transaction that ran out of its time while *doing* something."""
+        return SMTPTimeoutError(
+            f"{self.where}: the transaction did not end within its {self.deadline_seconds:g} s "
+            f"([mta] transaction_timeout), {doing}"
+        )
 
     def _parse(self, line: bytes, command: str) -> tuple[int, bool, bytes]:
         """(code, more lines follow, text) of one reply line, or raise."""

@@ -353,37 +353,32 @@ class SMTPTransport(smtplib.SMTP):
         if sock is None:
             raise smtplib.SMTPServerDisconnected(f"{self.where} is not connected (sending {self.last_command})")
         timeout = sock.gettimeout()
-        past_deadline = False
+        # The transaction's deadline is kept by its reader (see transact);
+        # when it comes before the timeout, it bounds this write.
         reader = self._reader
-        deadline, seconds = (reader.deadline, reader.deadline_seconds) if reader is not None else (None, 0.0)
-        if deadline is not None:
-            left = deadline - time.monotonic()
+        bounded_by: ReplyReader | None = None
+        if reader is not None and reader.deadline is not None:
+            left = reader.deadline - time.monotonic()
             if timeout is None or left < timeout:
-                past_deadline = True
+                bounded_by = reader
                 if left <= 0:
                     self.close()
-                    raise self._past_deadline(seconds)
+                    raise reader.past_deadline(f"sending {self.last_command}")
                 sock.settimeout(left)
         try:
             sock.sendall(data)
         except TimeoutError:
             self.close()
-            if past_deadline:
-                raise self._past_deadline(seconds) from None
+            if bounded_by is not None:
+                raise bounded_by.past_deadline(f"sending {self.last_command}") from None
             raise SMTPTimeoutError(f"{self.where} did not accept {self.last_command} within {timeout:g} s") from None
         except OSError as error:
             self.close()
             raise smtplib.SMTPServerDisconnected(
                 f"{self.where} closed the connection while sending {self.last_command} ({error})"
             ) from error
-        if past_deadline:
+        if bounded_by is not None:
             sock.settimeout(timeout)
-
-    def _past_deadline(self, seconds: float) -> SMTPTimeoutError:
-        return SMTPTimeoutError(
-            f"{self.where}: the transaction did not end within its {seconds:g} s "
-            f"([mta] transaction_timeout), sending {self.last_command}"
-        )
 
     # -- transactions ----------------------------------------------------
 

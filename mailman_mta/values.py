@@ -13,6 +13,7 @@ ValueError for text it refuses.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -77,14 +78,19 @@ def as_host(value: str) -> str:
     return value if value.isascii() else ascii_name
 
 
-def as_port(value: str) -> int:
+def _whole_number(value: str, low: int, high: float, what: str) -> int:
+    """*value* as a whole number from *low* to *high*, or ValueError saying it is not *what*."""
     try:
-        port = int(value)
+        number = int(value)
     except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{value!r} is not a port number (a whole number from 1 to 65535)")
-    return port
+        number = low - 1
+    if not low <= number <= high:
+        raise ValueError(f"{value!r} is not {what}")
+    return number
+
+
+def as_port(value: str) -> int:
+    return _whole_number(value, 1, 65535, "a port number (a whole number from 1 to 65535)")
 
 
 def split_host_port(value: str) -> tuple[str, int | None]:
@@ -120,13 +126,7 @@ def as_host_port_list(value: str) -> tuple[tuple[str, int], ...]:
 
 
 def as_positive_count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"{value!r} is not a whole number, 1 or more")
-    return count
+    return _whole_number(value, 1, math.inf, "a whole number, 1 or more")
 
 
 #: The most connections one pool may open to one relay (``[mta] max_connections``).
@@ -139,23 +139,11 @@ MAX_CONNECTIONS = 50
 
 def as_connection_count(value: str) -> int:
     """How many connections at once: a whole number from 1 to `MAX_CONNECTIONS`."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_CONNECTIONS:
-        raise ValueError(f"{value!r} is not a number of connections from 1 to {MAX_CONNECTIONS}")
-    return number
+    return _whole_number(value, 1, MAX_CONNECTIONS, f"a number of connections from 1 to {MAX_CONNECTIONS}")
 
 
 def as_count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"{value!r} is not a count (a whole number, 0 or more)")
-    return count
+    return _whole_number(value, 0, math.inf, "a count (a whole number, 0 or more)")
 
 
 def as_flag(value: str) -> bool:

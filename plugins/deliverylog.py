@@ -96,9 +96,10 @@ def mta_check_config(config):
 
 
 def _path_problem(path: str) -> str | None:
-    """Why the log cannot be appended to *path* without risk of blocking, or None."""
-    if "\0" in path:
-        return "holds a NUL character"
+    """Why the log cannot be appended to *path* without risk of blocking, or None.
+
+    (A NUL in the path is refused by every layer already.)
+    """
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -209,7 +210,7 @@ def record(connection, result) -> dict:
         "connection": connection.number,
         "opened": connection.connection_count,
         "session": result.session,
-        "sender_domain": result.sender.rpartition("@")[2] or None,
+        "sender_domain": result.sender.rpartition("@")[2] if "@" in result.sender else None,
         "recipients": len(result.recipients),
         "accepted": len(result.recipients) - len(failures),
         "temporary": len(failures) - permanent,

@@ -88,12 +88,8 @@ def mta_check_config(config):
     if "from" not in (name.lower() for name in settings.headers):
         raise ConfigurationError("[dkim] headers must include From (RFC 6376 5.4)", section="dkim", key="headers")
     path = settings.private_key_file
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        raise ConfigurationError(
-            f"[dkim] private_key_file {path!r} cannot be read: {error.strerror}", section="dkim", key="private_key_file"
-        ) from None
+    key = private_key(path)  # or a ConfigurationError naming the file
+    mode = os.stat(path).st_mode
     if mode & 0o077:
         # As OpenSSH refuses a private key others may read: anyone who can
         # read it can sign mail as the domain.
@@ -103,7 +99,7 @@ def mta_check_config(config):
             section="dkim",
             key="private_key_file",
         )
-    _parse(path, private_key(path))
+    _parse(path, key)
 
 
 def _parse(path: str, key: bytes) -> None:

@@ -155,7 +155,7 @@ class SiteConfiguration:
                 raise self._problem
 
     def _refresh(self) -> None:
-        misplaced_in_mailman()
+        misplaced_in_mailman(self.config)
         named = site_file()
         if self.laid is not None and self.laid[0] != named:
             self.config.pop(self.laid[1])
@@ -204,10 +204,9 @@ def refuse_what_mailman_decides(named: str, text: str) -> None:
         parser.read_string(text, source=named)
     except configparser.Error:
         return  # the push that follows names the problem
-    followed = {ours: theirs for ours, theirs in MAILMAN_KEYS.items()}
     for section in parser.sections():
         for key in parser.options(section):
-            theirs = followed.get(f"{section}.{key}")
+            theirs = MAILMAN_KEYS.get(f"{section}.{key}")
             if theirs is not None:
                 their_key = theirs[0] if isinstance(theirs, tuple) else theirs
                 their_section, _, their_name = their_key.partition(".")
@@ -232,8 +231,8 @@ _UNKNOWN_KEY = re.compile(r"^(?P<section>\S+) does not have a (?P<key>\S+) key\.
 _UNKNOWN_SECTION = re.compile(r"^\S+ does not have a (?P<section>\S+) section\.$")
 
 
-def misplaced_in_mailman() -> None:
-    """Refuse settings of ours written into mailman.cfg, where Mailman ignores them.
+def misplaced_in_mailman(config: Configuration = default_config) -> None:
+    """Refuse settings of *config*'s written into mailman.cfg, where Mailman ignores them.
 
     Mailman does not refuse keys or sections it does not know: ``[mta]
     max_connections: 8`` in mailman.cfg is read by nobody.  lazr.config
@@ -252,7 +251,7 @@ def misplaced_in_mailman() -> None:
     for error in errors:
         text = str(error)
         key = _UNKNOWN_KEY.match(text)
-        if key is not None and key["section"] in ("mta", "devmode") and _ours(key["section"], key["key"]):
+        if key is not None and key["section"] in ("mta", "devmode") and _known(config, key["section"], key["key"]):
             raise ConfigurationError(
                 f"mailman.cfg sets [{key['section']}] {key['key']}, a mailman-mta setting, where Mailman "
                 f"ignores it: set it in the mailman-mta site file ([{PLUGIN_SECTION}] configuration)",
@@ -260,13 +259,13 @@ def misplaced_in_mailman() -> None:
                 key=key["key"],
             )
         section = _UNKNOWN_SECTION.match(text)
-        if section is not None and _ours(section["section"]):
+        if section is not None and _known(config, section["section"]):
             raise ConfigurationError(
                 f"mailman.cfg has a [{section['section']}] section, a mailman-mta setting, where Mailman "
                 f"ignores it: put it in the mailman-mta site file ([{PLUGIN_SECTION}] configuration)",
                 section=section["section"],
             )
-    ours = set(default_config.registry.names())
+    ours = set(config.registry.names())
     for name, section in mailman_config.plugin_configs:
         if name in ours and not section["class"].strip():
             raise ConfigurationError(
@@ -277,10 +276,10 @@ def misplaced_in_mailman() -> None:
             )
 
 
-def _ours(section: str, key: str | None = None) -> bool:
-    """Is ``[section]`` (and *key* in it) one of mailman-mta's settings?"""
+def _known(config: Configuration, section: str, key: str | None = None) -> bool:
+    """Is ``[section]`` (and *key* in it) one of *config*'s settings?"""
     try:
-        keys = default_config[section].schema
+        keys = config[section].schema
     except (KeyError, configparser.NoSectionError):
         return False
     return key is None or key in keys
