@@ -684,7 +684,7 @@ def _lay(lazr: Config, name: str, text: str) -> None:
 def _unmet(requirement: Requirement, settings: Settings) -> str | None:
     """The complaint about *requirement*, if the settings switch its feature on."""
     value = settings[requirement.section][requirement.key]
-    if value != requirement.value:
+    if not requirement.met_by(value):
         return None
     shown = ("yes" if value else "no") if isinstance(value, bool) else str(value)
     return requirement.describe(shown)

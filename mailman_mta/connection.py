@@ -45,6 +45,7 @@ from .errors import (
 )
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply
+from .routes import Route
 from .secret import Secret
 from .transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
@@ -222,6 +223,9 @@ class Connection:
         #: (host, port) of the relay the open transport reached.
         self._relay: tuple[str, int] | None = None
         self._plugin_state: dict[object, dict[str, Any]] = {}
+        #: The route this connection serves (see `sibling`), or None for
+        #: ``[mta]``'s own relay.
+        self.route: Route | None = None
         #: Held while this connection opens (connects, is greeted, secured
         #: and logged in): a pool gives its connections one lock, so that a
         #: relay is asked for one new connection at a time.
@@ -297,13 +301,25 @@ class Connection:
         password = self.setting("smtp_pass")
         return password if password else None
 
-    def sibling(self) -> Connection:
+    def sibling(self, route: Route | None = None) -> Connection:
         """A new, unopened `Connection` with this one's arguments and configuration.
 
-        For a pool: another connection to the same relay, on the same terms.
+        For a pool: another connection to the same relay, on the same terms;
+        or, given a *route*, to that route's relay, with the route's
+        settings over this connection's.  Raises `ConfigurationError` for a
+        route setting that is not an ``[mta]`` key or has a bad value.
         """
         sibling = Connection(config=self.config, debug=self._debug, ssl_context=self._ssl_context)
         sibling._explicit = dict(self._explicit)
+        if route is None:
+            route = self.route
+        elif route != self.route:
+            for key, value in route.connection_settings().items():
+                try:
+                    sibling._explicit[key] = sibling._check_argument(key, value)
+                except (TypeError, ValueError) as error:
+                    raise ConfigurationError(f"route {route.name}: {key}: {error}", key=key) from None
+        sibling.route = route
         return sibling
 
     def tls_context(self) -> ssl.SSLContext:
@@ -391,12 +407,20 @@ class Connection:
     def send(self, envelope: Envelope) -> RefusedRecipients:
         """Send an `Envelope` built by the caller; otherwise as `sendmail`.
 
+        Recipients refused or dropped by `mta_screen_recipients` are in the
+        refused dict with the plugin's reply (a dropped one with code 0),
+        and when nobody is left, `smtplib.SMTPRecipientsRefused` is raised
+        with all of them, as smtplib does when every recipient is refused.
         The envelope is rewritten in place by the plugins, so afterwards it
         shows what was actually sent.
         """
         result = self.transact(envelope)
-        if result.error is not None:
-            raise result.error
+        error = result.error
+        if error is not None:
+            if result.verdicts and isinstance(error, smtplib.SMTPRecipientsRefused):
+                # Everyone sent was refused: so is everyone judged.
+                raise smtplib.SMTPRecipientsRefused(result.refused) from error.__cause__
+            raise error
         return result.refused
 
     def transact(self, envelope: Envelope) -> TransactionResult:
@@ -421,19 +445,18 @@ class Connection:
             if problem is not None:
                 raise ConfigurationError(f"nothing is sent while the configuration is inconsistent: {problem}")
             hook = config.hook
-            hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
-            envelope.check()
-            if hook.mta_prepare_message.get_hookimpls():
-                hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
-            if envelope.mail_options or envelope.rcpt_options:
-                esmtp.check_parameters(envelope.mail_options, "MAIL")
-                esmtp.check_parameters(envelope.rcpt_options, "RCPT")
+            if not self._prepare(config, hook, envelope):
+                judged = TransactionResult(envelope.sender, (), stage=BEFORE, verdicts=dict(envelope.verdicts))
+                judged.error = smtplib.SMTPRecipientsRefused(judged.refused)
+                self._report(envelope, judged)
+                return judged
             if self.transport is not None and not self._may_carry_another(config, hook):
                 self.quit()
             result = None
             started = time.monotonic()
             try:
                 result = self._send_with_one_retry(config, hook, envelope)
+                result.verdicts = dict(envelope.verdicts)
                 result.duration = time.monotonic() - started
                 if self.transport is not None:
                     if result.stage != BEFORE or result.error is None:
@@ -453,11 +476,33 @@ class Connection:
                         stage=END_OF_DATA if data_sent else BEFORE,
                         data_sent=data_sent,
                     )
+                    result.verdicts = dict(envelope.verdicts)
                     self._report(envelope, result)
                 # For the caller to report: what happened before the interruption.
                 setattr(interruption, "transaction", result)  # noqa: B010 (not a declared attribute)
                 raise
         return result
+
+    def _prepare(self, config: Configuration, hook: Any, envelope: Envelope) -> bool:
+        """Run the hooks that judge, personalise, rewrite and prepare *envelope*.
+
+        False when the plugins took every recipient out: nothing to send.
+        """
+        if hook.mta_screen_recipients.get_hookimpls():
+            hook.mta_screen_recipients(config=config, connection=self, envelope=envelope)
+            if not envelope.recipients and envelope.verdicts:
+                return False
+        recipient = envelope.copy_for
+        if recipient is not None and hook.mta_prepare_copy.get_hookimpls():
+            hook.mta_prepare_copy(config=config, connection=self, envelope=envelope, recipient=recipient)
+        hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
+        envelope.check()
+        if hook.mta_prepare_message.get_hookimpls():
+            hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
+        if envelope.mail_options or envelope.rcpt_options:
+            esmtp.check_parameters(envelope.mail_options, "MAIL")
+            esmtp.check_parameters(envelope.rcpt_options, "RCPT")
+        return True
 
     def transaction_deadline(self, envelope: Envelope) -> float:
         """Seconds *envelope*'s whole transaction may take: ``[mta] transaction_timeout``, and 1 s per 10 KB."""

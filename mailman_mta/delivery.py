@@ -22,9 +22,11 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import queue
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future
+from typing import NamedTuple
 
 from .config import Configuration
 from .connection import Connection
@@ -32,8 +34,8 @@ from .envelope import Envelope, MessageInput, check_address, message_bytes
 from .errors import DeliveryInterrupted, EnvelopeError, MTAError
 from .pool import ConnectionPool
 from .results import CONNECTION_LOST, DeliveryResult, Failure, ending_failure, failure_of, failures_of
+from .routes import Route
 from .transaction import TransactionResult
-from .verp import VERPError
 
 log = logging.getLogger("mailman_mta.delivery")
 
@@ -75,12 +77,25 @@ def chunk_by_domain(recipients: Iterable[str], max_per_chunk: int) -> list[list[
 Post = tuple[str, Sequence[str], MessageInput]
 
 
+class _Outcome(NamedTuple):
+    """What one transaction meant for the caller's recipients it carried."""
+
+    failures: dict[str, Failure]
+    error: BaseException | None
+    uncertain: set[str]
+    relay: tuple[str, int] | None = None
+    #: False when the plugins took every recipient out: nothing was sent.
+    sent: bool = True
+
+
 class _Post:
     """One post on its way: its recipients and what its transactions said so far."""
 
     def __init__(self, recipients: tuple[str, ...]) -> None:
         self.recipients = recipients
         self.refused: dict[str, Failure] = {}
+        self.dropped: dict[str, str] = {}
+        self.relays: dict[str, tuple[str, int]] = {}
         self.uncertain: set[str] = set()
         self.attempted: set[str] = set()
         self.error: BaseException | None = None
@@ -99,18 +114,50 @@ class _Post:
         self.error = error
         self.complete = True
 
-    def record(
-        self, envelope: Envelope, failures: dict[str, Failure], error: BaseException | None, uncertain: set[str]
-    ) -> None:
+    def record(self, envelope: Envelope, outcome: _Outcome) -> None:
+        """Take in *outcome*; a plugin's verdict on a recipient overrides anything else."""
         self.outstanding -= 1
+        if not outcome.sent:
+            self.transactions -= 1
         self.attempted.update(envelope.original_recipients)
-        self.refused.update(failures)
-        self.uncertain |= uncertain
-        self.error = error or self.error
+        verdicts = envelope.verdicts
+        self.refused.update(outcome.failures)
+        self.uncertain |= outcome.uncertain - verdicts.keys()
+        self.error = outcome.error or self.error
+        if outcome.relay is not None:
+            for recipient in envelope.original_recipients:
+                if recipient not in verdicts:
+                    self.relays[recipient] = outcome.relay
+        for recipient, verdict in verdicts.items():
+            if verdict.code is None:
+                self.refused.pop(recipient, None)
+                self.dropped[recipient] = verdict.text
+            else:
+                self.refused[recipient] = Failure(verdict.code, verdict.text)
 
     def result(self) -> DeliveryResult:
         refused = {r: self.refused[r] for r in self.recipients if r in self.refused}
-        return DeliveryResult(self.recipients, refused, self.error, self.transactions, frozenset(self.uncertain))
+        return DeliveryResult(
+            self.recipients,
+            refused,
+            self.error,
+            self.transactions,
+            frozenset(self.uncertain),
+            dropped={r: self.dropped[r] for r in self.recipients if r in self.dropped},
+            relays=self.relays,
+        )
+
+
+class _Lane:
+    """The connections of one route: a `Connection`, and a pool once there is more than one."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.pool: ConnectionPool | None = None
+
+    @property
+    def connections(self) -> list[Connection]:
+        return list(self.pool.connections) if self.pool is not None else [self.connection]
 
 
 #: Given to recipients whose transaction never started because of an interruption.
@@ -136,12 +183,20 @@ class Delivery:
 
     def __init__(self, connection: Connection | None = None, *, config: Configuration | None = None) -> None:
         self.connection = connection if connection is not None else Connection(config=config)
-        self._pool: ConnectionPool | None = None
+        #: The connections of each route (None: ``[mta]``'s own relay).
+        self._lanes: dict[Route | None, _Lane] = {None: _Lane(self.connection)}
+        #: Where every pool of this delivery hands in its finished transactions.
+        self._completed: queue.SimpleQueue[Future[TransactionResult]] = queue.SimpleQueue()
 
     @property
     def connections(self) -> list[Connection]:
         """Every connection this delivery has used, the first one first."""
-        return list(self._pool.connections) if self._pool is not None else [self.connection]
+        return [connection for lane in self._lanes.values() for connection in lane.connections]
+
+    @property
+    def _pool(self) -> ConnectionPool | None:
+        """The pool for ``[mta]``'s own relay, if there is one."""
+        return self._lanes[None].pool
 
     def deliver(
         self,
@@ -198,9 +253,7 @@ class Delivery:
         did not ("not attempted"), and who may have (cut off after the end
         of the message).
         """
-        size = self.connection.setting("max_connections")
-        pool = self._pool_of(size)
-        window = 2 * size
+        self._resize_lanes()
         started: collections.deque[_Post] = collections.deque()
         in_flight: dict[Future, tuple[_Post, Envelope]] = {}
         current: tuple[_Post, Envelope] | None = None
@@ -208,28 +261,28 @@ class Delivery:
             work = self._work(posts, started, progress)
             following = next(work, None)
             while following is not None:
-                post, envelope = following
+                post, envelope, lane = following
                 following = next(work, None)
+                pool = lane.pool
                 if pool is None or (following is None and not in_flight):
                     # Alone: sent from this thread, with no hand-over.
                     current = (post, envelope)
-                    self._record(post, envelope, self._outcome(envelope, pool), progress)
+                    self._record(post, envelope, self._outcome(envelope, lane), progress)
                     current = None
                 else:
                     in_flight[pool.submit(envelope)] = (post, envelope)
-                    while len(in_flight) >= window:
-                        self._collect(pool, in_flight, progress)
+                    while len(in_flight) >= 2 * self._capacity():
+                        self._collect(in_flight, progress)
                 yield from self._finished(started)
             while in_flight:
-                assert pool is not None, "only a pool has transactions in flight"
-                self._collect(pool, in_flight, progress)
+                self._collect(in_flight, progress)
                 yield from self._finished(started)
             yield from self._finished(started)
         except KeyboardInterrupt as interruption:
             if current is not None:
                 post, envelope = current
-                post.record(envelope, *self._cut_short(envelope, interruption))
-            self._interrupted(started, in_flight, pool, progress)
+                post.record(envelope, self._cut_short(envelope, interruption))
+            self._interrupted(started, in_flight, progress)
             raise DeliveryInterrupted([post.result() for post in started]) from interruption
         finally:
             # The caller stopped early (or something failed): nothing more
@@ -241,8 +294,8 @@ class Delivery:
 
     def _work(
         self, posts: Iterable[Post], started: collections.deque[_Post], progress: Callable[[int], None] | None
-    ) -> Iterator[tuple[_Post, Envelope]]:
-        """Every transaction of every post, in order; each post is noted in *started*."""
+    ) -> Iterator[tuple[_Post, Envelope, _Lane]]:
+        """Every transaction of every post, in order, with its lane; each post is noted in *started*."""
         for envsender, recipients, msgtext in posts:
             if isinstance(recipients, str):
                 recipients = [recipients]
@@ -271,35 +324,61 @@ class Delivery:
                     post.refused[recipient] = Failure(553, f"5.1.3 {error}")
             if len(usable) < len(recipients) and progress is not None:
                 progress(len(recipients) - len(usable))
-            envelopes: Iterable[Envelope]
-            if self.connection.setting("delivery") == "bulk":
-                chunks = chunk_by_domain(usable, self.connection.setting("max_recipients"))
-                envelopes = (self._checked(Envelope(envsender, chunk, data, tuple(chunk))) for chunk in chunks)
-            else:
-                envelopes = self._copies(envsender, usable, data, post.refused)
-            for envelope in envelopes:
-                post.transactions += 1
-                post.outstanding += 1
-                yield post, envelope
+            bulk = self.connection.setting("delivery") == "bulk"
+            for lane, members in self._routed(usable, post.refused, progress):
+                envelopes: Iterable[Envelope]
+                if bulk:
+                    chunks = chunk_by_domain(members, lane.connection.setting("max_recipients"))
+                    envelopes = (self._checked(Envelope(envsender, chunk, data, tuple(chunk))) for chunk in chunks)
+                else:
+                    envelopes = (self._copy(envsender, recipient, data) for recipient in members)
+                for envelope in envelopes:
+                    post.transactions += 1
+                    post.outstanding += 1
+                    yield post, envelope, lane
             post.complete = True
 
-    def _copies(
-        self, envsender: str, recipients: list[str], data: bytes, refused: dict[str, Failure]
-    ) -> Iterable[Envelope]:
-        connection = self.connection
+    def _routed(
+        self, recipients: list[str], refused: dict[str, Failure], progress: Callable[[int], None] | None
+    ) -> Iterator[tuple[_Lane, list[str]]]:
+        """*recipients* grouped by the lane of their route, each group in their order.
+
+        Asks `mta_choose_route` once per domain.  A recipient whose route
+        cannot be had (a plugin failed, or the route's settings are wrong)
+        is refused, temporarily, in *refused*.
+        """
+        config = self.connection.config
+        choose = config.hook.mta_choose_route
+        if not choose.get_hookimpls():
+            if recipients:
+                yield self._lanes[None], recipients
+            return
+        lanes: dict[str, _Lane | Failure] = {}
+        groups: dict[int, tuple[_Lane, list[str]]] = {}
         for recipient in recipients:
-            envelope = self._checked(Envelope(envsender, [recipient], data, (recipient,)))
-            try:
-                connection.config.hook.mta_prepare_copy(
-                    config=connection.config, connection=connection, envelope=envelope, recipient=recipient
-                )
-            except VERPError as error:
-                refused[recipient] = Failure(553, f"5.1.3 {error}")
+            domain = recipient.rpartition("@")[2].lower()
+            lane = lanes.get(domain)
+            if lane is None:
+                try:
+                    lane = self._lane(choose(config=config, domain=domain))
+                except Exception as error:
+                    log.error("no route for %s", domain, exc_info=not isinstance(error, MTAError))
+                    lane = Failure(451, f"4.4.0 no route for {domain}: {error}")
+                lanes[domain] = lane
+            if isinstance(lane, Failure):
+                refused[recipient] = lane
+                if progress is not None:
+                    progress(1)
                 continue
-            except MTAError as error:
-                refused[recipient] = failure_of(error)
-                continue
-            yield envelope
+            groups.setdefault(id(lane), (lane, []))[1].append(recipient)
+        yield from groups.values()
+
+    @staticmethod
+    def _copy(sender: str, recipient: str, data: bytes) -> Envelope:
+        """*recipient*'s own copy; `mta_prepare_copy` runs on it where it is sent."""
+        envelope = Envelope(sender, [recipient], data, (recipient,), copy_for=recipient)
+        envelope.mark_checked()
+        return envelope
 
     @staticmethod
     def _checked(envelope: Envelope) -> Envelope:
@@ -308,15 +387,16 @@ class Delivery:
 
     # -- sending and recording -------------------------------------------
 
-    def _outcome(self, envelope: Envelope, pool: ConnectionPool | None) -> tuple[dict, BaseException | None, set]:
+    def _outcome(self, envelope: Envelope, lane: _Lane) -> _Outcome:
         """Send *envelope* from this thread; what it means for each original recipient."""
         try:
-            result = pool.send_here(envelope) if pool is not None else self.connection.transact(envelope)
+            pool = lane.pool
+            result = pool.send_here(envelope) if pool is not None else lane.connection.transact(envelope)
         except Exception as error:
             return self._failed(envelope, error)
         return self._per_recipient(envelope, result)
 
-    def _failed(self, envelope: Envelope, error: BaseException) -> tuple[dict, BaseException, set]:
+    def _failed(self, envelope: Envelope, error: BaseException) -> _Outcome:
         if not isinstance(error, MTAError):
             # A plugin, or mailman-mta itself, failed in a way nobody
             # foresaw: this transaction fails, temporarily; the rest go on.
@@ -324,24 +404,19 @@ class Delivery:
                 "sending to %d recipient(s) failed unexpectedly", len(envelope.original_recipients), exc_info=error
             )
         failure = failure_of(error)
-        return dict.fromkeys(envelope.original_recipients, failure), error, set()
+        return _Outcome(dict.fromkeys(envelope.original_recipients, failure), error, set())
 
     @staticmethod
-    def _record(post: _Post, envelope: Envelope, outcome: tuple, progress: Callable[[int], None] | None) -> None:
-        post.record(envelope, *outcome)
+    def _record(post: _Post, envelope: Envelope, outcome: _Outcome, progress: Callable[[int], None] | None) -> None:
+        post.record(envelope, outcome)
         if progress is not None:
             progress(len(envelope.original_recipients))
 
-    def _collect(
-        self,
-        pool: ConnectionPool,
-        in_flight: dict[Future, tuple[_Post, Envelope]],
-        progress: Callable[[int], None] | None,
-    ) -> None:
+    def _collect(self, in_flight: dict[Future, tuple[_Post, Envelope]], progress: Callable[[int], None] | None) -> None:
         """Wait for the next transaction to be done, and record it."""
-        future = pool.completed()
-        while future not in in_flight:  # already recorded (see _interrupted)
-            future = pool.completed()
+        future = self._completed.get()
+        while future not in in_flight:  # already recorded (see _interrupted), or an earlier call's
+            future = self._completed.get()
         self._settle(future, in_flight, progress)
 
     def _settle(
@@ -368,21 +443,28 @@ class Delivery:
             yield started.popleft().result()
 
     @staticmethod
-    def _per_recipient(envelope: Envelope, result: TransactionResult) -> tuple[dict, BaseException | None, set]:
+    def _per_recipient(envelope: Envelope, result: TransactionResult) -> _Outcome:
         """Map the failures of the addresses sent back to the caller's addresses.
 
         Plugins may have rewritten the recipients (devmode); while they keep
         one address per original, in order, each original gets the result
         of the address sent in its place.  Otherwise results are matched by
         address, and an original that was not sent at all shares the fate
-        of the transaction.  Returns (failures, error, the originals that
-        may have received the message).
+        of the transaction.  Recipients a plugin judged are left to their
+        verdicts (see `_Post.record`).
         """
+        verdicts = envelope.verdicts
+        if not result.recipients and verdicts:
+            return _Outcome({}, None, set(), sent=False)
         failures = failures_of(result)
-        sent, asked = result.recipients, envelope.original_recipients
+        sent = result.recipients
+        asked = (
+            [r for r in envelope.original_recipients if r not in verdicts] if verdicts else envelope.original_recipients
+        )
         uncertain = set(asked) if result.may_have_been_delivered else set()
         if len(sent) == len(asked):
-            return {asked[index]: failure for index, failure in failures.items()}, result.error, uncertain
+            mapped = {asked[index]: failure for index, failure in failures.items()}
+            return _Outcome(mapped, result.error, uncertain, result.relay)
         by_address: dict[str, Failure] = {}
         for index, failure in failures.items():
             by_address.setdefault(sent[index], failure)
@@ -393,7 +475,7 @@ class Delivery:
                 mapped[address] = by_address[address]
             elif address not in sent and ending is not None:
                 mapped[address] = ending
-        return mapped, result.error, uncertain
+        return _Outcome(mapped, result.error, uncertain, result.relay)
 
     # -- Ctrl-C ----------------------------------------------------------
 
@@ -401,7 +483,6 @@ class Delivery:
         self,
         started: collections.deque[_Post],
         in_flight: dict[Future, tuple[_Post, Envelope]],
-        pool: ConnectionPool | None,
         progress: Callable[[int], None] | None,
     ) -> None:
         """Settle every post begun after Ctrl-C, and say QUIT everywhere."""
@@ -410,8 +491,9 @@ class Delivery:
         try:
             futures.wait(list(in_flight))
         except KeyboardInterrupt:
-            if pool is not None:
-                pool.interrupt()
+            for lane in self._lanes.values():
+                if lane.pool is not None:
+                    lane.pool.interrupt()
             futures.wait(list(in_flight))
         for future in list(in_flight):
             self._settle(future, in_flight, progress)
@@ -424,7 +506,7 @@ class Delivery:
         self.close()
 
     @staticmethod
-    def _cut_short(envelope: Envelope, interruption: BaseException) -> tuple[dict, BaseException | None, set]:
+    def _cut_short(envelope: Envelope, interruption: BaseException) -> _Outcome:
         """A transaction an interruption stopped part-way: sent, perhaps.
 
         `Connection.transact` hangs the transaction's result on an
@@ -441,7 +523,7 @@ class Delivery:
             if maybe
             else NOT_ATTEMPTED
         )
-        return (
+        return _Outcome(
             dict.fromkeys(envelope.original_recipients, failure),
             interruption,
             (set(envelope.original_recipients) if maybe else set()),
@@ -449,23 +531,47 @@ class Delivery:
 
     # -- the connections -------------------------------------------------
 
-    def _pool_of(self, size: int) -> ConnectionPool | None:
-        """The pool for *size* connections (None for one: `connection` alone)."""
-        if self._pool is not None and self._pool.size != size:
-            # A layer changed max_connections: start afresh.
-            self._pool.close()
-            self._pool = None
-        if self._pool is None and size > 1:
-            self._pool = ConnectionPool(self.connection, size)
-        return self._pool
+    def _lane(self, route: Route | None) -> _Lane:
+        """The connections for *route*, made on first use.
+
+        Each route has its own pool (``max_connections`` as the route
+        sets it, else ``[mta]``'s); ``[mta]``'s own relay has one only when
+        it may use more than one connection.
+        """
+        lane = self._lanes.get(route)
+        if lane is None:
+            lane = _Lane(self.connection.sibling(route))
+            self._lanes[route] = lane
+            self._resize(lane, route)
+        return lane
+
+    def _resize_lanes(self) -> None:
+        """Follow a layer that changed ``max_connections`` since the last call."""
+        for route, lane in self._lanes.items():
+            self._resize(lane, route)
+
+    def _resize(self, lane: _Lane, route: Route | None) -> None:
+        size = lane.connection.setting("max_connections")
+        if lane.pool is not None and lane.pool.size != size:
+            lane.pool.close()
+            lane.pool = None
+        if lane.pool is None and (size > 1 or route is not None):
+            # A route's pool, even of one, sends on a thread of its own, so
+            # that routes go out side by side.
+            lane.pool = ConnectionPool(lane.connection, size, completed=self._completed)
+
+    def _capacity(self) -> int:
+        """How many transactions may be under way at once, over every lane."""
+        return sum(lane.pool.size if lane.pool is not None else 1 for lane in self._lanes.values())
 
     def close(self) -> None:
-        """Say goodbye to the server, on every connection."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        else:
-            self.connection.quit()
+        """Say goodbye to the server, on every connection of every route."""
+        for lane in self._lanes.values():
+            pool, lane.pool = lane.pool, None
+            if pool is not None:
+                pool.close()
+            else:
+                lane.connection.quit()
 
     def __enter__(self) -> Delivery:
         return self

@@ -13,13 +13,14 @@ import io
 import re
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
+from typing import NamedTuple
 
 from .addresses import MAX_ADDRESS_OCTETS, mailbox_problem
 from .errors import EnvelopeError
 
 MessageInput = str | bytes | bytearray | email.message.Message
 
-__all__ = ["MAX_ADDRESS_OCTETS", "Envelope", "MessageInput", "check_address", "crlf", "message_bytes"]
+__all__ = ["MAX_ADDRESS_OCTETS", "Envelope", "MessageInput", "Verdict", "check_address", "crlf", "message_bytes"]
 
 #: Headers that name blind-copy recipients: they must not reach anyone.
 BLIND_HEADERS = ("Bcc", "Resent-Bcc")
@@ -112,6 +113,29 @@ def message_bytes(message: MessageInput) -> bytes:
     return crlf(data)
 
 
+class Verdict(NamedTuple):
+    """What a plugin decided for one recipient in `mta_screen_recipients`.
+
+    `code` is the reply the recipient is refused with (4xx: temporary, 5xx:
+    permanent), or None when the plugin dropped it: not sent, and reported
+    as dropped, neither accepted nor to be tried again.  `text` is the
+    reply's text, or why it was dropped.
+    """
+
+    code: int | None
+    text: str
+
+    @property
+    def dropped(self) -> bool:
+        return self.code is None
+
+
+#: The code a dropped recipient has in a `Connection.sendmail` refused
+#: dict, which has a (code, reply) for everyone not accepted: no SMTP
+#: reply, as nothing was said to the server about it.
+DROPPED = 0
+
+
 @dataclass(eq=False)
 class Envelope:
     """What one SMTP transaction sends.
@@ -120,7 +144,11 @@ class Envelope:
     TO), `message` the exact bytes after DATA.  `original_recipients` keeps
     the recipients the caller asked for, whatever plugins later rewrite.
     `mail_options` and `rcpt_options` are ESMTP parameters for MAIL and RCPT
-    (``"BODY=8BITMIME"``, ``"NOTIFY=NEVER"``).
+    (``"BODY=8BITMIME"``, ``"NOTIFY=NEVER"``).  `verdicts` holds what
+    plugins decided for recipients they took out (see `refuse` and `drop`),
+    by the address the caller gave.  `copy_for` names the recipient of a
+    personal copy (``[mta] delivery`` individual or verp), which
+    `mta_prepare_copy` prepares on the thread that sends it.
     """
 
     sender: str
@@ -129,6 +157,8 @@ class Envelope:
     original_recipients: tuple[str, ...] = ()
     mail_options: list[str] = field(default_factory=list)
     rcpt_options: list[str] = field(default_factory=list)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    copy_for: str | None = None
     #: The (sender, recipients) last checked, so `check` can skip an
     #: envelope no plugin changed.
     _checked: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False)
@@ -168,3 +198,36 @@ class Envelope:
     def mark_checked(self) -> None:
         """Record that the caller has checked every address already."""
         self._checked = (self.sender, tuple(self.recipients))
+
+    def refuse(self, recipient: str, code: int, text: str) -> None:
+        """Refuse *recipient* with the reply (*code*, *text*): it is not sent.
+
+        For `mta_screen_recipients`.  A 4xx *code* is a temporary refusal
+        (the caller tries again later), a 5xx a permanent one (a bounce);
+        the recipient is reported so on every path, whatever happens to
+        the transaction of the others.  Raises ValueError for a code that
+        is not 4xx or 5xx, or an address not among the recipients.
+        """
+        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+            raise ValueError(f"refusing {recipient!r}: the code must be 4xx or 5xx, not {code!r}")
+        self._judge(recipient, Verdict(code, _one_line(text)))
+
+    def drop(self, recipient: str, reason: str) -> None:
+        """Drop *recipient*: it is not sent, and reported as dropped for *reason*.
+
+        For `mta_screen_recipients`.  Dropped is neither accepted nor
+        refused: nothing is retried and no bounce is counted.  Raises
+        ValueError for an address not among the recipients.
+        """
+        self._judge(recipient, Verdict(None, _one_line(reason)))
+
+    def _judge(self, recipient: str, verdict: Verdict) -> None:
+        if recipient not in self.recipients:
+            raise ValueError(f"{recipient!r} is not a recipient of this message: {_shown(self.recipients)}")
+        self.recipients = [address for address in self.recipients if address != recipient]
+        self.verdicts[recipient] = verdict
+
+
+def _one_line(text: object) -> str:
+    """A plugin's reply text, made safe to log and to hand on as one reply line."""
+    return " ".join(str(text).split())[:512]

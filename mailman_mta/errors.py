@@ -149,3 +149,7 @@ class DeliveryInterrupted(KeyboardInterrupt):
     def result(self):
         """The first (for `Delivery.deliver`, the only) post's result."""
         return self.results[0]
+
+
+class VERPError(MTAError, ValueError):
+    """An address cannot be VERP-encoded, or is not a VERP address."""

@@ -8,13 +8,19 @@ plugin runs only while a configuration layer enables it
 
 The order of a single send through `Connection.sendmail`:
 
-1. `mta_rewrite_recipients`, then `mta_prepare_message`, on the envelope;
+1. `mta_screen_recipients`, which may refuse or drop recipients; then,
+   for a personal copy, `mta_prepare_copy`; then
+   `mta_rewrite_recipients` and `mta_prepare_message`, on the envelope;
 2. `mta_session_allowed`, if a connection is already open;
 3. `mta_create_transport` and `mta_authenticate`, if a new connection is
    needed;
 4. `mta_pace_transaction`, and the wait it asks for;
 5. the SMTP transaction itself, on the transport;
 6. `mta_delivery_result`, whatever the outcome.
+
+`mailman_mta.delivery.Delivery` first asks `mta_choose_route` which relay
+each recipient's domain goes through, and sends each route's recipients
+over connections of their own.
 
 `mta_declare_config` runs when a configuration first needs its schema
 (for every known plugin, enabled or not), and `mta_check_config` when a
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     from .config import Configuration
     from .envelope import Envelope
     from .interfaces import IConnection, ITransport
+    from .routes import Route
     from .schema import PluginSchema
     from .transaction import TransactionResult
 
@@ -124,7 +131,40 @@ def mta_pace_transaction(config: Configuration, connection: IConnection, envelop
     """
 
 
+@hookspec(firstresult=True)
+def mta_choose_route(config: Configuration, domain: str) -> Route | None:
+    """The route for recipients at *domain*, or None for the next plugin.
+
+    Called by `mailman_mta.delivery.Delivery` once per post for each
+    recipient domain (lower-case, as in the address after ``@``), before
+    any transaction is made.  Return a `mailman_mta.routes.Route`: the
+    relay (host and port, with fallbacks for the ``relays`` plugin) and
+    any other ``[mta]`` connection settings for it (TLS, login, limits
+    such as ``max_connections``).  The first non-None result wins; when
+    every plugin returns None, the recipients go through ``[mta]``'s own
+    relay.  Recipients of different routes never share a transaction, and
+    each route has connections (a pool) of its own.  The built-in
+    ``routes`` plugin answers from ``[routes] map``.
+    """
+
+
 # -- Messages ------------------------------------------------------------
+
+
+@hookspec
+def mta_screen_recipients(config: Configuration, connection: IConnection, envelope: Envelope) -> None:
+    """Decide, recipient by recipient, who may be sent the message.
+
+    Called once per send, first of all, with ``envelope.recipients`` the
+    addresses the caller gave.  Call ``envelope.refuse(recipient, code,
+    text)`` to refuse one with a reply of your choosing (``550``,
+    ``"5.7.1 on the suppression list"``: permanent; a 4xx: temporary), or
+    ``envelope.drop(recipient, reason)`` to leave one out: not sent, and
+    reported as dropped, never as accepted.  Either takes the recipient
+    out of the envelope, and its verdict stands whatever happens to the
+    others' transaction.  When every recipient is taken out, nothing is
+    sent and no connection is opened.  The return value is ignored.
+    """
 
 
 @hookspec
@@ -158,13 +198,15 @@ def mta_prepare_message(config: Configuration, connection: IConnection, envelope
 def mta_prepare_copy(config: Configuration, connection: IConnection, envelope: Envelope, recipient: str) -> None:
     """Prepare *recipient*'s own copy of a message.
 
-    Called by `mailman_mta.delivery.Delivery` once per recipient when
-    ``[mta] delivery`` is ``individual`` or ``verp``, before the copy is
-    sent (and so before `mta_rewrite_recipients`).  *envelope* holds just
-    this copy, addressed to *recipient*: change ``envelope.message`` to add
-    personal headers or footers, or ``envelope.sender``.  The return value
-    is ignored; a `mailman_mta.errors.MTAError` raised here fails this copy
-    only.
+    Called once per copy when `mailman_mta.delivery.Delivery` sends one
+    copy per recipient (``[mta] delivery`` is ``individual`` or ``verp``),
+    after `mta_screen_recipients` (a refused or dropped recipient's copy
+    is not prepared) and before `mta_rewrite_recipients`, on the thread
+    and with the *connection* that then sends the copy, like every other
+    hook of a send.  *envelope* holds just this copy, addressed to
+    *recipient*: change ``envelope.message`` to add personal headers or
+    footers, or ``envelope.sender``.  The return value is ignored; a
+    `mailman_mta.errors.MTAError` raised here fails this copy only.
 
     The built-in ``verp`` plugin sets the envelope sender from
     ``[verp] format`` when ``[mta] delivery`` is ``verp``.
@@ -186,7 +228,9 @@ def mta_delivery_result(
     """Observe the outcome of one send.
 
     Called exactly once for every send that reached the point of
-    connecting, whether it succeeded or failed.  *refused* maps each
+    connecting, whether it succeeded or failed, and for one whose every
+    recipient was refused or dropped by `mta_screen_recipients` (then
+    nothing was sent, and the verdicts are in ``result.verdicts``).  *refused* maps each
     recipient with a server reply against it to its (code, response), as
     `smtplib` reports refusals: its own RCPT refusal, or the reply that
     ended a failed transaction.  *error* is the exception

@@ -34,7 +34,7 @@ import smtplib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .errors import ConfigurationError, SMTPProtocolError, TLSError
+from .errors import ConfigurationError, SMTPProtocolError, TLSError, VERPError
 from .replies import Reply
 from .transaction import DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
@@ -75,7 +75,12 @@ class DeliveryResult:
     attempted.  `uncertain` holds the refused recipients that may have got
     the message after all: the connection was lost, or the delivery
     interrupted, after the whole message had been sent (their failures are
-    temporary; mailman-mta never sends those again by itself).
+    temporary; mailman-mta never sends those again by itself).  `dropped`
+    maps each recipient a plugin left out (`Envelope.drop`) to the reason:
+    neither accepted nor refused, so neither retried nor a bounce.
+    `relays` maps each recipient whose transaction reached a relay to that
+    relay's (host, port); one whose transaction never connected is not in
+    it.
     """
 
     recipients: tuple[str, ...]
@@ -83,14 +88,17 @@ class DeliveryResult:
     error: BaseException | None = None
     transactions: int = 0
     uncertain: frozenset[str] = frozenset()
+    dropped: dict[str, str] = field(default_factory=dict)
+    relays: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def accepted(self) -> tuple[str, ...]:
-        return tuple(r for r in self.recipients if r not in self.refused)
+        return tuple(r for r in self.recipients if r not in self.refused and r not in self.dropped)
 
     @property
     def ok(self) -> bool:
-        return not self.refused
+        """Was every recipient accepted (none refused, none dropped)?"""
+        return not self.refused and not self.dropped
 
     @property
     def temporary(self) -> dict[str, Failure]:
@@ -149,6 +157,9 @@ def failure_of(error: BaseException, stage: str | None = None) -> Failure:
     if isinstance(error, TLSError):
         # RFC 3207: TLS is between us and the relay.
         return Failure(454, f"4.7.0 {error}")
+    if isinstance(error, VERPError):
+        # The recipient's address cannot be encoded in a VERP sender.
+        return Failure(553, f"5.1.3 {error}")
     if isinstance(error, ConfigurationError):
         return Failure(451, f"4.3.5 mailman-mta is misconfigured: {error}")
     if isinstance(error, SMTPProtocolError):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+from .envelope import DROPPED, Verdict
 from .errors import SMTPProtocolError
 from .replies import Reply
 
@@ -134,6 +135,10 @@ class TransactionResult:
     #: The transaction's number on its connection (1 for the first), once
     #: `Connection` knows.
     session: int | None = None
+    #: What plugins decided for the recipients they took out before
+    #: anything was sent (see `Envelope.refuse`), by the caller's address;
+    #: none of them is in `recipients`.
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rcpt_replies:
@@ -180,9 +185,14 @@ class TransactionResult:
         Every recipient with a server reply against it: its RCPT refusal,
         or the reply that ended a failed transaction.  A recipient whose
         transaction ended without a reply is not in it; `error` says why.
-        Worked out once, when first asked for after the transaction.
+        A recipient a plugin refused has the plugin's reply; one it dropped
+        has the code `mailman_mta.envelope.DROPPED` (0).  Worked out once,
+        when first asked for after the transaction.
         """
-        refused = {}
+        refused = {
+            recipient: (DROPPED if verdict.code is None else verdict.code, verdict.text.encode("utf-8"))
+            for recipient, verdict in self.verdicts.items()
+        }
         for index, recipient in enumerate(self.recipients):
             reply, _ = self.outcome(index)
             if reply is not None:

@@ -24,7 +24,7 @@ import string
 from functools import lru_cache
 
 from .addresses import mailbox_problem
-from .errors import MTAError
+from .errors import VERPError
 
 #: The format Mailman and most list servers use.
 DEFAULT_FORMAT = "$bounces+$local=$domain@$bounces_domain"
@@ -35,10 +35,6 @@ _PATTERNS = {
     "local": r"(?P<local>.+)",
     "domain": r"(?P<domain>[^@]+?)",
 }
-
-
-class VERPError(MTAError, ValueError):
-    """An address cannot be VERP-encoded, or is not a VERP address."""
 
 
 def _split(address: str, role: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "devmode": "sends all mail to [devmode] recipient when [devmode] enabled (mta_rewrite_recipients)",
     "verp": "gives each copy a VERP envelope sender when [mta] delivery is verp (mta_prepare_copy)",
     "relays": "tries [relays] hosts in order, skipping those that are down (mta_create_transport)",
+    "routes": "sends each destination through its own relay, as [routes] map says (mta_choose_route)",
     "ratelimit": "paces messages and recipients per relay (mta_pace_transaction)",
     "xoauth2": "SMTP AUTH XOAUTH2 with a token from a command or callable (mta_authenticate)",
     "dkim": "signs each message or copy with DKIM, after every other change (mta_prepare_message)",

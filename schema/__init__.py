@@ -95,18 +95,39 @@ CORE_TYPES: dict[str, dict[str, Converter]] = {
 }
 
 
+class _NotDefault:
+    def __repr__(self) -> str:
+        return "NOT_DEFAULT"
+
+
+#: For `PluginSchema.needs_plugin_when`: any value but the key's default
+#: (a file of addresses, a map: a setting that does something once set).
+NOT_DEFAULT: Any = _NotDefault()
+
+
 @dataclass(frozen=True)
 class Requirement:
-    """``[section] key`` set to *value* only means something with *plugin* enabled."""
+    """``[section] key`` set to *value* only means something with *plugin* enabled.
+
+    *value* may be `NOT_DEFAULT`: then any value but *default* does.
+    """
 
     plugin: str
     section: str
     key: str
     value: Any
+    default: Any = None
+
+    def met_by(self, value: Any) -> bool:
+        """Does *value* switch on what the plugin carries out?"""
+        if self.value is NOT_DEFAULT:
+            return bool(value != self.default)
+        return bool(value == self.value)
 
     def describe(self, shown_value: str) -> str:
+        said = "is set" if self.value is NOT_DEFAULT else f"is {shown_value}"
         return (
-            f"[{self.section}] {self.key} is {shown_value}, which the {self.plugin!r} plugin "
+            f"[{self.section}] {self.key} {said}, which the {self.plugin!r} plugin "
             f"carries out, but [plugin.{self.plugin}] is not enabled; enable it, "
             f"or change [{self.section}] {self.key}"
         )
@@ -125,6 +146,8 @@ class Schema:
         #: Section name -> the plugin that declared it.
         self.owners: dict[str, str] = {}
         self.requirements: list[Requirement] = []
+        #: Section name -> its keys' default texts (plugin sections only).
+        self.defaults: dict[str, dict[str, str]] = {}
 
     @property
     def text(self) -> str:
@@ -175,6 +198,7 @@ class Schema:
                     f"{where}: the default of {key!r} is refused by its type: {error}", section=name, key=key
                 ) from None
         self.owners[name] = plugin
+        self.defaults[name] = defaults
         self.types[name] = dict(types)
         self._texts.append(f"[{name}]\n{body}\n")
 
@@ -186,7 +210,17 @@ class Schema:
                 section=section,
                 key=key,
             )
-        self.requirements.append(Requirement(plugin, section, key, value))
+        default = None
+        if value is NOT_DEFAULT:
+            if section not in self.defaults or key not in self.defaults[section]:
+                raise ConfigurationError(
+                    f"plugin {plugin!r} makes [{section}] {key} depend on it when it is not its default, "
+                    "but only a key of the plugin's own sections has a default to compare with",
+                    section=section,
+                    key=key,
+                )
+            default = self.converter(section, key)(self.defaults[section][key])
+        self.requirements.append(Requirement(plugin, section, key, value, default))
 
 
 class PluginSchema:
@@ -218,6 +252,8 @@ class PluginSchema:
         For a setting whose only effect comes from this plugin: with the
         plugin disabled it would silently do nothing (``[devmode] enabled:
         yes`` would let mail reach real people).  *value* is compared with
-        the converted value.  *section* is ``mta`` or one of this plugin's.
+        the converted value; `NOT_DEFAULT` means any value but the key's
+        default (a suppression file, a routing map), for one of this
+        plugin's own keys.  *section* is ``mta`` or one of this plugin's.
         """
         self._schema._require(self.plugin, section, key, value)

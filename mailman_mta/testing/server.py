@@ -199,6 +199,10 @@ class _CountingSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         server = self._counting_server
+        if server._over_limit(self):
+            await self.push("421 4.7.0 Error: too many connections from your host")
+            await self._drop()
+            return
         fault = server._take_fault("CONNECT")
         server._awaiting_greeting(+1)
         try:
@@ -363,6 +367,11 @@ class CountingSMTPServer:
         thread, as it arrives, before the client is answered.  It may
         return an SMTP reply line (``"451 4.3.0 ..."``) to answer instead
         of 250; the message is then not kept.
+    :param connection_limit: the most connections open at once; one more
+        is greeted with ``421 4.7.0`` and closed, as Postfix does for a
+        client over its ``smtpd_client_connection_count_limit``.  None (the
+        default): no limit.  `most_connections` and `connections_refused`
+        say what happened.
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
         (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
 
@@ -382,8 +391,14 @@ class CountingSMTPServer:
         hidden_extensions: Iterable[str] = (),
         on_message: Callable[[ReceivedMessage], str | None] | None = None,
         ready_timeout: float = 10.0,
+        connection_limit: int | None = None,
         **smtp_options: Any,
     ) -> None:
+        self.connection_limit = connection_limit
+        #: The most connections that were open at one moment.
+        self.most_connections = 0
+        #: Connections greeted with 421 for being over `connection_limit`.
+        self.connections_refused = 0
         self.hostname = hostname
         self._requested_port = port
         self.credentials = dict(credentials) if credentials is not None else None
@@ -635,6 +650,16 @@ class CountingSMTPServer:
         self._live.add(protocol)
         with self._lock:
             self._record.connections += 1
+
+    def _over_limit(self, protocol: _CountingSMTP) -> bool:
+        """Is *protocol* one connection too many?  (It is then not counted as open.)"""
+        with self._lock:
+            if self.connection_limit is not None and len(self._live) > self.connection_limit:
+                self._live.discard(protocol)
+                self.connections_refused += 1
+                return True
+            self.most_connections = max(self.most_connections, len(self._live))
+            return False
 
     def _on_command(self, verb: str) -> None:
         with self._lock:
