@@ -321,9 +321,15 @@ class Configuration:
 
     def _lazr_origin(self, section: str, key: str) -> str:
         found = "default"
-        previous: object = None
         overlays = self._config.overlays
         bottom = overlays[-1]
+        previous: object = None
+        if section.startswith(PLUGIN_CATEGORY + "."):
+            # A [plugin.NAME] section a layer made starts from the template's values.
+            try:
+                previous = bottom[f"{PLUGIN_CATEGORY}.master"][key]
+            except (configparser.NoSectionError, KeyError):
+                pass
         for data in reversed(overlays):
             try:
                 value = data[section][key]
@@ -574,6 +580,13 @@ class Configuration:
                         key=key,
                     ) from None
             sections[section.name] = SectionSettings(section.name, values)
+        master = self._config.schema[f"{PLUGIN_CATEGORY}.master"]
+        for name in self.registry.names():
+            # A known plugin no layer named: its switch, as the template has it.
+            section_name = f"{PLUGIN_CATEGORY}.{name}"
+            if section_name not in sections:
+                values = {key: schema.converter(section_name, key)(master[key]) for key in master}
+                sections[section_name] = SectionSettings(section_name, values)
         return Settings(sections)
 
     def _followed_values(self) -> tuple[object, dict[tuple[str, str], str]]:

@@ -48,6 +48,7 @@ from .replies import Reply
 from .routes import Route
 from .secret import Secret
 from .transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
+from .transport import is_closed, timeout_at_most
 
 log = logging.getLogger("mailman_mta.connection")
 
@@ -572,7 +573,7 @@ class Connection:
             result.relay, result.session = relay, session
             return result
         result.relay, result.session = relay, session
-        if getattr(transport, "sock", True) is None:
+        if is_closed(transport):
             # Our engine closed it: its state could not be vouched for.
             self.close()
         elif result.error is not None and not ours:
@@ -660,13 +661,11 @@ class Connection:
         transport = self.transport
         if transport is None:
             return
-        sock = getattr(transport, "sock", None)
-        if sock is not None:
+        try:
             # Saying goodbye to a server that stopped answering should not
             # take the whole command timeout.
-            sock.settimeout(min(sock.gettimeout() or float("inf"), self.setting("connect_timeout")))
-        try:
-            transport.quit()
+            with timeout_at_most(transport, self.setting("connect_timeout")):
+                transport.quit()
         except (smtplib.SMTPException, OSError):
             pass
         finally:

@@ -194,6 +194,11 @@ class Delivery:
         return [connection for lane in self._lanes.values() for connection in lane.connections]
 
     @property
+    def pools(self) -> dict[Route | None, ConnectionPool]:
+        """The pool of each route used so far (None: ``[mta]``'s own relay), for diagnostics."""
+        return {route: lane.pool for route, lane in self._lanes.items() if lane.pool is not None}
+
+    @property
     def _pool(self) -> ConnectionPool | None:
         """The pool for ``[mta]``'s own relay, if there is one."""
         return self._lanes[None].pool

@@ -120,13 +120,31 @@ class ITransport(Interface):
     provides `IMessageTransactions` (as `mailman_mta.transport.SMTPTransport`
     and its subclasses do) gets exact per-recipient results and
     PIPELINING; any other is driven through its ``sendmail``, whose
-    smtplib-style answer is coarser.  Such a transport may also have a
-    boolean ``message_data_sent``, true once the current transaction has
-    started sending message data; without it, a lost connection is never
-    retried, since the message might have been sent.  It may have a
-    ``relay`` attribute, the (host, port) it reached, which the connection
-    and its results then name; without it, the configured ones are named.
+    smtplib-style answer is coarser.
+
+    Besides the members below, callers use these, when a transport has
+    them, and do without them otherwise:
+
+    ``relay``
+        the (host, port) it reached, which the connection and its results
+        then name; without it, the configured ones are named.
+    ``message_data_sent``
+        true once the current transaction has started sending message
+        data; without it, a lost connection is never retried, since the
+        message might have been sent.
+    ``input_pending()``
+        whether the server has said something unprompted or hung up (the
+        ``liveness`` plugin asks before reusing a connection); without it
+        the socket is looked at.
+    ``sock``
+        smtplib's socket, None once closed.  Only the functions of
+        `mailman_mta.transport` read it (`is_closed`, `input_pending`,
+        `abort`, `timeout_at_most`, `tls_facts`); no other module, and no
+        plugin, needs to.
     """
+
+    relay = Attribute("Optional: the (host, port) this transport connected to.")
+    message_data_sent = Attribute("Optional: true once the current transaction began sending message data.")
 
     def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
         """Run one message transaction; return the refused recipients.

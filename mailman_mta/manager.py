@@ -33,6 +33,12 @@ from .plugins import BUILTIN_PLUGINS as _BUILTINS
 #: ask otherwise.
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(_BUILTINS)
 
+#: Hooks mailman-mta calls implementation by implementation, not through
+#: pluggy's call loop (an observer that raises must not stop the others;
+#: each plugin declares its configuration under its own name), so a
+#: wrapper of them would never run.
+CALLED_ONE_BY_ONE = ("mta_delivery_result", "mta_declare_config")
+
 #: The entry-point group third-party distributions declare plugins in.
 ENTRY_POINT_GROUP = "mailman_mta.plugins"
 
@@ -203,4 +209,14 @@ def build_plugin_manager(plugins: Iterable[tuple[str, object]]) -> pluggy.Plugin
             f"(hooks are listed in mailman_mta.hookspecs): {error}",
             section=f"plugin.{name}",
         ) from error
+    for hook_name in CALLED_ONE_BY_ONE:
+        for implementation in getattr(manager.hook, hook_name).get_hookimpls():
+            if implementation.hookwrapper or getattr(implementation, "wrapper", False):
+                section = f"plugin.{implementation.plugin_name}"
+                raise ConfigurationError(
+                    f"[{section}] implements {hook_name} as a wrapper, which would never run: "
+                    f"{hook_name} calls each implementation on its own, so it takes no wrappers "
+                    "(see mailman_mta.hookspecs)",
+                    section=section,
+                )
     return manager

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import queue
 import smtplib
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from . import transport
 from .connection import Connection
 from .envelope import Envelope
 from .transaction import TransactionResult
@@ -196,19 +196,11 @@ class ConnectionPool:
         """Cut every connection now, so transactions under way end at once.
 
         For a second Ctrl-C: what was under way fails (and counts as "may
-        have arrived" if its message data had been sent).  The sockets are
-        shut down rather than closed: that wakes a thread waiting on one,
-        which then closes it as after any lost connection.
+        have arrived" if its message data had been sent); see
+        `mailman_mta.transport.abort`.
         """
         for connection in list(self.connections):
-            sock = getattr(connection.transport, "sock", None)
-            if sock is not None:
-                try:
-                    # The plain socket's shutdown, even under TLS: the TLS
-                    # state belongs to the thread using the connection.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            transport.abort(connection.transport)
 
     def close(self) -> None:
         """Wait for what is under way, then say QUIT on every connection, all at once.

@@ -13,6 +13,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from .connection import Connection
+from .transport import tls_facts
 
 
 @dataclass
@@ -61,10 +62,9 @@ def probe(connection: Connection) -> Probe:
             extensions={name: parameters.strip() for name, parameters in transport.esmtp_features.items()},
             user=connection.smtp_user,
         )
-        sock = getattr(transport, "sock", None)
-        if isinstance(sock, ssl.SSLSocket):
-            certificate = sock.getpeercert() or {}
-            found.tls_version = sock.version()
+        tls = tls_facts(transport)
+        if tls is not None:
+            found.tls_version, certificate = tls
             found.certificate = ", ".join("=".join(part) for rdn in certificate.get("subject", ()) for part in rdn)
             found.verified = connection.tls_context().verify_mode != ssl.CERT_NONE
         if connection.smtp_user:

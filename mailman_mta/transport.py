@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import logging
 import select
@@ -32,6 +33,7 @@ import ssl
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from zope.interface import classImplements, implementer
 
@@ -108,6 +110,80 @@ def readable_now(sock: socket.socket) -> bool:
     with selectors.DefaultSelector() as selector:  # pragma: no cover
         selector.register(sock, selectors.EVENT_READ)
         return bool(selector.select(0))
+
+
+# -- what callers ask of any transport ---------------------------------------
+#
+# The one place outside SMTPTransport that looks at a transport's socket
+# (smtplib's ``sock`` attribute, None once closed; see `ITransport`), so
+# that a transport without one is handled the same way everywhere.
+
+
+def is_closed(transport: object) -> bool:
+    """Has *transport* closed its connection?  (One without a socket to look at: no.)"""
+    return getattr(transport, "sock", True) is None
+
+
+def input_pending(transport: object) -> bool:
+    """Has the server said something unprompted, or hung up?
+
+    Asks the transport when it can tell (``input_pending``, as
+    `SMTPTransport` can); otherwise looks at its socket without blocking.
+    A transport that cannot be looked into is trusted; one whose socket
+    was closed is stale.
+    """
+    ask = getattr(transport, "input_pending", None)
+    if ask is not None:
+        return bool(ask())
+    if not hasattr(transport, "sock"):
+        return False
+    sock = transport.sock  # type: ignore[attr-defined]
+    if sock is None:
+        return True
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    return readable_now(sock)
+
+
+def abort(transport: object) -> None:
+    """Cut *transport*'s connection now, from any thread.
+
+    The plain socket is shut down rather than closed (even under TLS, whose
+    state belongs to the thread using the transport): that wakes a thread
+    waiting on it, which then closes it as after any lost connection.
+    """
+    sock = getattr(transport, "sock", None)
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def timeout_at_most(transport: object, seconds: float) -> Iterator[None]:
+    """Wait at most *seconds* for each reply while inside the block (a NOOP, a QUIT)."""
+    sock = getattr(transport, "sock", None)
+    if sock is None:
+        yield
+        return
+    before = sock.gettimeout()
+    sock.settimeout(min(before or float("inf"), seconds))
+    try:
+        yield
+    finally:
+        now = getattr(transport, "sock", None)
+        if now is not None:
+            now.settimeout(before)
+
+
+def tls_facts(transport: object) -> tuple[str, dict[str, Any]] | None:
+    """(TLS version, the relay's certificate) when *transport* talks TLS, else None."""
+    sock = getattr(transport, "sock", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    return sock.version() or "", sock.getpeercert() or {}
 
 
 @implementer(IMessageTransactions)

@@ -19,29 +19,10 @@ import smtplib
 import time
 
 from mailman_mta import hookimpl
-from mailman_mta.transport import readable_now
+from mailman_mta.transport import input_pending, timeout_at_most
 
-
-def has_pending_input(transport) -> bool:
-    """True if the server has said something (or hung up) unprompted.
-
-    Asks the transport when it can tell (``input_pending``, as
-    `mailman_mta.transport.SMTPTransport` can); otherwise looks at its
-    ``sock``.  A transport without one cannot be looked into and is
-    trusted; one whose socket has already been closed is stale.
-    """
-    input_pending = getattr(transport, "input_pending", None)
-    if input_pending is not None:
-        return input_pending()
-    if not hasattr(transport, "sock"):
-        return False
-    sock = transport.sock
-    if sock is None:
-        return True
-    pending = getattr(sock, "pending", None)
-    if pending is not None and pending():
-        return True
-    return readable_now(sock)
+#: Kept under its old name for plugins that imported it.
+has_pending_input = input_pending
 
 
 @hookimpl
@@ -55,16 +36,10 @@ def mta_session_allowed(connection):
         return False
     noop_after = connection.setting("noop_after_idle")
     if noop_after and idle > noop_after:
-        sock = getattr(transport, "sock", None)
-        timeout = sock.gettimeout() if sock is not None else None
-        if sock is not None:
-            sock.settimeout(connection.setting("connect_timeout"))
         try:
-            code, _ = transport.noop()
+            with timeout_at_most(transport, connection.setting("connect_timeout")):
+                code, _ = transport.noop()
         except (smtplib.SMTPException, OSError):
             return False
-        finally:
-            if getattr(transport, "sock", None) is not None:
-                transport.sock.settimeout(timeout)
         return code == 250
     return None

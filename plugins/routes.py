@@ -47,7 +47,7 @@ class RouteMap:
     exact: dict[str, Route] = field(default_factory=dict)
     subdomains: dict[str, Route] = field(default_factory=dict)
     rest: Route | None = None
-    #: (line, key, value) of every setting, for `mta_check_config`.
+    #: (destination, key, value) of every setting, for `mta_check_config`.
     settings: tuple[tuple[str, str, str], ...] = ()
 
     def __bool__(self) -> bool:
@@ -76,7 +76,8 @@ def as_route_map(value: str) -> RouteMap:
         if not words or words[0].startswith("#"):
             continue
         destination, *rest = words
-        where = f"line {line.strip()!r}"
+        # The line itself is not shown: it might hold a secret by mistake.
+        where = f"the line for {destination}"
         if destination in seen:
             raise ValueError(f"{where}: {destination} has a route already")
         seen.add(destination)
@@ -87,7 +88,7 @@ def as_route_map(value: str) -> RouteMap:
                 if key in _NOT_IN_MAP:
                     raise ValueError(f"{where}: {key} cannot be set here: {_NOT_IN_MAP[key]}")
                 options[key] = text
-                settings.append((line.strip(), key, text))
+                settings.append((destination, key, text))
                 continue
             try:
                 host, port = split_host_port(word)
@@ -133,17 +134,14 @@ def mta_declare_config(schema):
 @hookimpl
 def mta_check_config(config):
     table = config.settings.routes.map
-    for line, key, text in table.settings:
+    for destination, key, text in table.settings:
+        where = f"[routes] map, the line for {destination}"
         if key not in config.settings.mta:
-            raise ConfigurationError(
-                f"[routes] map, line {line!r}: {key} is not an [mta] key", section="routes", key="map"
-            )
+            raise ConfigurationError(f"{where}: {key} is not an [mta] key", section="routes", key="map")
         try:
             config.converter_for("mta", key)(text)
         except ValueError as error:
-            raise ConfigurationError(
-                f"[routes] map, line {line!r}: {key}: {error}", section="routes", key="map"
-            ) from None
+            raise ConfigurationError(f"{where}: {key}: {error}", section="routes", key="map") from None
     routes = [*table.exact.values(), *table.subdomains.values(), *([table.rest] if table.rest else [])]
     if any(len(route.hosts) > 1 for route in routes) and "relays" not in config.active_plugins:
         raise ConfigurationError(
