@@ -30,6 +30,7 @@ text: nothing in it is read as rich markup, so ``[mta]`` prints as it is.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import functools
 import itertools
@@ -577,7 +578,13 @@ def _report_interruption(
 
 def _shown_value(config: Configuration, section: str, key: str) -> str:
     value = config.settings[section][key]
-    return repr(value) if isinstance(value, Secret) else str(config[section][key])
+    if isinstance(value, Secret):
+        return repr(value)
+    try:
+        return str(config[section][key])
+    except (KeyError, configparser.NoSectionError):
+        # A known plugin's switch that no layer named: the template's text.
+        return ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
 
 @main.command("config")

@@ -143,9 +143,6 @@ class ITransport(Interface):
         plugin, needs to.
     """
 
-    relay = Attribute("Optional: the (host, port) this transport connected to.")
-    message_data_sent = Attribute("Optional: true once the current transaction began sending message data.")
-
     def sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
         """Run one message transaction; return the refused recipients.
 

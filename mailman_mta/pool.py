@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import transport
 from .connection import Connection
 from .envelope import Envelope
+from .results import reply_text
 from .transaction import TransactionResult
 
 log = logging.getLogger("mailman_mta.pool")
@@ -171,7 +172,7 @@ class ConnectionPool:
                 connection.host,
                 connection.port,
                 error.smtp_code,
-                error.smtp_error.decode("utf-8", "replace"),
+                reply_text(error.smtp_error),
                 self.concurrency,
                 FEEDBACK_SECONDS,
             )

@@ -137,7 +137,7 @@ def input_pending(transport: object) -> bool:
         return bool(ask())
     if not hasattr(transport, "sock"):
         return False
-    sock = transport.sock  # type: ignore[attr-defined]
+    sock = transport.sock
     if sock is None:
         return True
     pending = getattr(sock, "pending", None)

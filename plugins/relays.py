@@ -13,9 +13,11 @@ relay would hide that; the error reaches the caller as it would without
 this plugin.  The relay that took each transaction is named by
 ``connection.host``/``port`` and ``TransactionResult.relay``.
 
-The marks are shared by every connection in the process (a relay that is
-down for one is down for all), and forgotten when ``[relays] hosts``
-changes.  The other settings (TLS, timeouts, AUTH) are ``[mta]``'s, for
+For a route (see ``routes.rst``), the relays tried are the route's hosts,
+in order, instead of ``[relays] hosts``.  The marks are shared by every
+connection in the process (a relay that is down for one is down for all,
+whichever route it serves), and those of relays no longer in ``[relays]
+hosts`` are forgotten when it changes.  The other settings (TLS, timeouts, AUTH) are ``[mta]``'s, for
 every relay.
 """
 
@@ -85,11 +87,13 @@ def forget() -> None:
 @hookimpl
 def mta_create_transport(config, connection):
     settings = config.settings.relays
-    relays = settings.hosts
+    route = connection.route
+    relays = route.hosts if route is not None else settings.hosts
     now = clock()
     with _lock:
-        for relay in [r for r in _down_until if r not in relays]:
-            del _down_until[relay]
+        if route is None:
+            for relay in [r for r in _down_until if r not in relays]:
+                del _down_until[relay]
         up = [relay for relay in relays if _down_until.get(relay, 0) <= now]
     failures = []
     for host, port in up or relays:
@@ -102,4 +106,5 @@ def mta_create_transport(config, connection):
                 _down_until[(host, port)] = clock() + settings.down_time
             log.warning("relay %s:%s skipped for %g s: %s", host, port, settings.down_time, error)
             failures.append(f"{host}:{port}: {error}")
-    raise MTAConnectionError("no relay in [relays] hosts took the connection (" + "; ".join(failures) + ")")
+    where = f"of route {route.name}" if route is not None else "in [relays] hosts"
+    raise MTAConnectionError(f"no relay {where} took the connection (" + "; ".join(failures) + ")")

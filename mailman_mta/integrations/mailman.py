@@ -431,6 +431,10 @@ def _log_post(
         write(templates.success, recip=",".join(map(str, addressees)))
     for recipient, failure in refused.items():
         write(templates.failure, recip=recipient, smtpcode=failure.code, smtpmsg=failure.message)
+    dropped = [f"{address} ({reason})" for result in results for address, reason in result.dropped.items()]
+    if dropped:
+        # Neither delivered nor failed: Mailman neither retries nor bounces them.
+        log.info("%s %d recipient(s) left out by a plugin: %s", values["msgid"], len(dropped), ", ".join(dropped))
     uncertain = sorted(address for result in results for address in result.uncertain)
     if uncertain:
         log.warning(

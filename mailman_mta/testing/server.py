@@ -589,6 +589,12 @@ class CountingSMTPServer:
         with self._lock:
             self._faults.clear()
 
+    def clear_refusals(self) -> None:
+        """Forget every `refuse_recipient` and `refuse_matching`."""
+        with self._lock:
+            self._refusals.clear()
+            self._patterns.clear()
+
     def drop_connections(self, reply: str | None = None) -> int:
         """Close every open client connection now, as a relay's idle timeout does.
 

@@ -130,6 +130,36 @@ class TestDeliver(_ListCase):
         (message,) = self.received()
         self.assertEqual(message["X-RcptTo"], ", ".join(["developer@example.com"] * 3))
 
+    def test_a_plugins_verdicts_reach_mailman_on_every_path(self):
+        from mailman_mta import hookimpl
+        from mailman_mta.manager import registry
+
+        class Screen:
+            @hookimpl
+            def mta_screen_recipients(self, envelope):
+                for recipient in list(envelope.recipients):
+                    if recipient.startswith("aperson@"):
+                        envelope.refuse(recipient, 550, "5.7.1 suppressed")
+                    elif recipient.startswith("bperson@"):
+                        envelope.drop(recipient, "held")
+
+        registry.add("screen", Screen())
+        mta_config.push("screen", "[plugin.screen]\nenabled: yes\n")
+        try:
+            for msgdata in ({}, {"verp": True}):
+                SMTPLayer.smtpd.clear()
+                with self.assertRaises(SomeRecipientsFailed) as raised:
+                    deliver(self._mlist, self._msg, dict(msgdata, recipients=self._recipients))
+                self.assertEqual(
+                    raised.exception.permanent_failures, [("aperson@example.com", 550, "5.7.1 suppressed")]
+                )
+                self.assertEqual(raised.exception.temporary_failures, [], "a dropped member is not retried")
+                rcpt_tos = [message["X-RcptTo"] for message in self.received()]
+                self.assertEqual(rcpt_tos, ["cperson@example.com"])
+        finally:
+            mta_config.pop("screen")
+            registry.remove("screen")
+
     def test_no_recipients_is_nothing_to_do(self):
         self.assertIsNone(deliver(self._mlist, self._msg, {"recipients": []}))
         self.assertEqual(self.received(), [])
