@@ -674,18 +674,28 @@ def plugins(invocation: Invocation) -> None:
 
 
 @main.command()
+@click.option("--domain", metavar="DOMAIN", help="Check the relay DOMAIN's mail is routed through.")
 @layer_options
 @relay_options
 @pass_invocation
-def check(invocation: Invocation, transcript: bool) -> None:
+def check(invocation: Invocation, transcript: bool, domain: str | None) -> None:
     """Connect to the configured MTA and report what it offers, sending no mail.
 
-    Exit status: 0 if it was reached (and the login worked, when a user is
-    configured), 75 if it could not be reached, 77 if it refused the login.
+    With --domain, the relay of the route that domain's mail takes (see
+    docs/routes.rst).  Exit status: 0 if it was reached (and the login
+    worked, when a user is configured), 75 if it could not be reached, 77
+    if it refused the login.
     """
     console = invocation.console
+    config = invocation.config
     with invocation.reporting():
-        found = probe(Connection(config=invocation.config, debug=transcript))
+        connection = Connection(config=config, debug=transcript)
+        if domain is not None:
+            route = config.hook.mta_choose_route(config=config, domain=domain.lower())
+            if route is not None:
+                connection = connection.sibling(route)
+            console.print(f"route       {printable(domain)}: {route.name if route else '[mta] smtp_host'}")
+        found = probe(connection)
     host, port = found.relay
     console.print(f"server      {host}:{port} ({found.secure_mode})", soft_wrap=True)
     console.print(f"greets as   {found.greeting or '?'}", soft_wrap=True)

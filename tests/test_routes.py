@@ -269,3 +269,17 @@ def test_config_shows_a_third_party_plugins_switch():
         assert ("plugin.signature", "class") not in rows, "nobody set class"
     finally:
         registry.remove("signature")
+
+
+def test_check_probes_the_relay_a_domains_mail_is_routed_through(mta_smtpd, other):
+    layer = [
+        *("-o", "mta.smtp_host=127.0.0.1", "-o", f"mta.smtp_port={mta_smtpd.port}"),
+        *("-o", "plugin.routes.enabled=yes", "-o", f"routes.map=example.net 127.0.0.1:{other.port}"),
+    ]
+    routed = cli(*layer, "check", "--domain", "Example.NET")
+    assert routed.exit_code == 0, routed.output
+    assert f"route       Example.NET: 127.0.0.1:{other.port}" in routed.output
+    assert f"server      127.0.0.1:{other.port}" in routed.output
+    unrouted = cli(*layer, "check", "--domain", "example.com")
+    assert "route       example.com: [mta] smtp_host" in unrouted.output
+    assert f"server      127.0.0.1:{mta_smtpd.port}" in unrouted.output
