@@ -295,3 +295,25 @@ def test_a_non_ascii_password_and_host_from_django_settings(smtp_settings):
     assert smtp_settings.received[0].authenticated_as == "testuser"
     with override_settings(EMAIL_HOST="bücher.example"):
         assert EmailBackend().config.settings.mta.smtp_host == "xn--bcher-kva.example"
+
+
+def test_a_plugins_verdicts_hold_for_djangos_mail(smtp_settings):
+    from mailman_mta import hookimpl
+    from mailman_mta.manager import registry
+
+    class Suppress:
+        @hookimpl
+        def mta_screen_recipients(self, envelope):
+            if "gone@example.com" in envelope.recipients:
+                envelope.refuse("gone@example.com", 550, "5.7.1 suppressed")
+
+    registry.add("suppress", Suppress())
+    try:
+        with override_settings(MAILMAN_MTA_OPTIONS={"plugin.suppress.enabled": True}):
+            assert mail.send_mail("x", "x", "anne@example.com", ["gone@example.com", "bart@example.com"]) == 1
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:
+                mail.send_mail("x", "x", "anne@example.com", ["gone@example.com"])
+    finally:
+        registry.remove("suppress")
+    assert caught.value.recipients == {"gone@example.com": (550, b"5.7.1 suppressed")}
+    assert [message.rcpt_tos for message in smtp_settings.received] == [("bart@example.com",)]
