@@ -239,7 +239,7 @@ def mta_delivery_result(
     recipient.  The return value is ignored.  Implementations are called
     one by one: one that raises is logged, and neither changes the result
     nor keeps the others from being called (so this hook takes no
-    wrappers).
+    wrappers: a plugin with one is refused when it is enabled).
     """
 
 
@@ -257,7 +257,10 @@ def mta_declare_config(schema: PluginSchema) -> None:
     section and ``schema.needs_plugin_when(section, key, value)`` for a
     setting that only this plugin carries out (see
     `mailman_mta.schema.PluginSchema`).  The values are then read, typed,
-    as ``config.settings.NAME.key``.  The return value is ignored.
+    as ``config.settings.NAME.key``.  The return value is ignored.  Each
+    plugin's implementation is called on its own, under the plugin's name,
+    so this hook takes no wrappers (a plugin with one is refused when it
+    is enabled).
     """
 
 

@@ -89,7 +89,9 @@ class IConnection(Interface):
             its bytes are sent unchanged.
         :return: a dict of the recipients the server refused, mapping each to
             its (code, response) pair, exactly as `smtplib.SMTP.sendmail`;
-            an empty dict when every recipient was accepted.
+            an empty dict when every recipient was accepted.  Recipients a
+            plugin refused or dropped (`mta_screen_recipients`) are in it
+            too, with the plugin's reply (code 0 for a dropped one).
         :raises smtplib.SMTPException: as smtplib does (every recipient
             refused, sender refused, data refused, disconnection); the
             connection is closed first, so the next call reconnects.
