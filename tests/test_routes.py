@@ -7,6 +7,8 @@ import socket
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailman_mta import hookimpl
 from mailman_mta.cli import main
@@ -283,3 +285,33 @@ def test_check_probes_the_relay_a_domains_mail_is_routed_through(mta_smtpd, othe
     unrouted = cli(*layer, "check", "--domain", "example.com")
     assert "route       example.com: [mta] smtp_host" in unrouted.output
     assert f"server      127.0.0.1:{mta_smtpd.port}" in unrouted.output
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.integers(min_value=1, max_value=4),
+    allowed=st.integers(min_value=1, max_value=6),
+    members=st.integers(min_value=1, max_value=30),
+    strategy=st.sampled_from(["bulk", "individual"]),
+)
+def test_property_a_limiting_relay_gets_every_member_once_and_nothing_fails(
+    mta_layers, limit, allowed, members, strategy
+):
+    """Whatever the relay's limit and ours: nothing fails for it, every
+    member gets exactly one copy, and a pool that was refused keeps to it."""
+    with CountingSMTPServer(connection_limit=limit) as limited:
+        mta_layers.push(
+            "limited",
+            f"[mta]\nsmtp_port: {limited.port}\nmax_connections: {allowed}\nmax_recipients: 2\ndelivery: {strategy}\n",
+        )
+        try:
+            addresses = [f"m{n}@example.com" for n in range(members)]
+            with Delivery() as delivery:
+                result = delivery.deliver("list@example.com", addresses, MESSAGE)
+                pool = delivery.pools.get(None)
+        finally:
+            mta_layers.pop("limited")
+        assert result.ok, result.refused
+        assert recipients_at(limited) == sorted(addresses)
+        if limited.connections_refused:
+            assert pool is not None and pool.concurrency <= limit, "the pool learnt the relay's limit"
