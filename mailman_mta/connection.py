@@ -214,6 +214,8 @@ class Connection:
             for name, value in given.items()
             if value is not None
         }
+        #: The arguments without any route's settings (see `sibling`).
+        self._unrouted = self._explicit
         self._ssl_context = ssl_context
         self._debug = bool(debug)
         self.transport: ITransport | None = None
@@ -311,16 +313,19 @@ class Connection:
         route setting that is not an ``[mta]`` key or has a bad value.
         """
         sibling = Connection(config=self.config, debug=self._debug, ssl_context=self._ssl_context)
-        sibling._explicit = dict(self._explicit)
-        if route is None:
-            route = self.route
-        elif route != self.route:
-            for key, value in route.connection_settings().items():
-                try:
-                    sibling._explicit[key] = sibling._check_argument(key, value)
-                except (TypeError, ValueError) as error:
-                    raise ConfigurationError(f"route {route.name}: {key}: {error}", key=key) from None
-        sibling.route = route
+        sibling._unrouted = self._unrouted
+        if route is None or route == self.route:
+            sibling._explicit, sibling.route = dict(self._explicit), self.route
+            return sibling
+        # Another route: its settings over the arguments this connection
+        # was made with, never over its own route's.
+        explicit = dict(self._unrouted)
+        for key, value in route.connection_settings().items():
+            try:
+                explicit[key] = sibling._check_argument(key, value)
+            except (TypeError, ValueError) as error:
+                raise ConfigurationError(f"route {route.name}: {key}: {error}", key=key) from None
+        sibling._explicit, sibling.route = explicit, route
         return sibling
 
     def tls_context(self) -> ssl.SSLContext:

@@ -359,7 +359,7 @@ class Delivery:
                 yield self._lanes[None], recipients
             return
         lanes: dict[str, _Lane | Failure] = {}
-        groups: dict[int, tuple[_Lane, list[str]]] = {}
+        groups: dict[_Lane, list[str]] = {}
         for recipient in recipients:
             domain = recipient.rpartition("@")[2].lower()
             lane = lanes.get(domain)
@@ -375,8 +375,8 @@ class Delivery:
                 if progress is not None:
                     progress(1)
                 continue
-            groups.setdefault(id(lane), (lane, []))[1].append(recipient)
-        yield from groups.values()
+            groups.setdefault(lane, []).append(recipient)
+        yield from groups.items()
 
     @staticmethod
     def _copy(sender: str, recipient: str, data: bytes) -> Envelope:

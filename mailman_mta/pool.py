@@ -48,7 +48,10 @@ def pushed_back(error: smtplib.SMTPConnectError) -> bool:
     ``421 4.7.0``, and RFC 3463 puts policy refusals in 4.7.x.
     """
     text = error.smtp_error if isinstance(error.smtp_error, bytes) else str(error.smtp_error).encode()
-    return error.smtp_code == 421 or (400 <= error.smtp_code < 500 and text.lstrip().startswith(b"4.7."))
+    if error.smtp_code == 421:
+        return True
+    # A multi-line reply may carry its enhanced code on any line (RFC 2034).
+    return 400 <= error.smtp_code < 500 and any(line.lstrip().startswith(b"4.7.") for line in text.splitlines())
 
 
 class ConnectionPool:

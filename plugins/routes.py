@@ -51,7 +51,12 @@ class RouteMap:
     settings: tuple[tuple[str, str, str], ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.exact or self.subdomains or self.rest)
+        return bool(self.routes)
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every route of the map, as many times as lines name it."""
+        return [*self.exact.values(), *self.subdomains.values(), *([self.rest] if self.rest else [])]
 
     def route(self, domain: str) -> Route | None:
         """The route for *domain*, Postfix's way: exact, nearest parent, then ``*``."""
@@ -68,21 +73,23 @@ class RouteMap:
 
 def as_route_map(value: str) -> RouteMap:
     """Parse ``[routes] map``; ValueError names the line and what is wrong in it."""
-    table = RouteMap()
+    exact: dict[str, Route] = {}
+    subdomains: dict[str, Route] = {}
+    rest: Route | None = None
     settings = []
     seen: set[str] = set()
     for line in value.splitlines():
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
-        destination, *rest = words
+        destination, *after = words
         # The line itself is not shown: it might hold a secret by mistake.
         where = f"the line for {destination}"
         if destination in seen:
             raise ValueError(f"{where}: {destination} has a route already")
         seen.add(destination)
         hosts, options = [], {}
-        for word in rest:
+        for word in after:
             key, equals, text = word.partition("=")
             if equals:
                 if key in _NOT_IN_MAP:
@@ -101,16 +108,15 @@ def as_route_map(value: str) -> RouteMap:
             raise ValueError(f"{where}: a destination needs a relay, host:port")
         route = Route(hosts, options)
         if destination == "*":
-            object.__setattr__(table, "rest", route)
+            rest = route
             continue
         name = destination[1:] if destination.startswith(".") else destination
         try:
             name = as_host(name).lower()
         except ValueError as error:
             raise ValueError(f"{where}: {destination!r} is not a domain, .domain or *: {error}") from None
-        (table.subdomains if destination.startswith(".") else table.exact)[name] = route
-    object.__setattr__(table, "settings", tuple(settings))
-    return table
+        (subdomains if destination.startswith(".") else exact)[name] = route
+    return RouteMap(exact, subdomains, rest, tuple(settings))
 
 
 @hookimpl
@@ -142,8 +148,7 @@ def mta_check_config(config):
             config.converter_for("mta", key)(text)
         except ValueError as error:
             raise ConfigurationError(f"{where}: {key}: {error}", section="routes", key="map") from None
-    routes = [*table.exact.values(), *table.subdomains.values(), *([table.rest] if table.rest else [])]
-    if any(len(route.hosts) > 1 for route in routes) and "relays" not in config.active_plugins:
+    if any(len(route.hosts) > 1 for route in table.routes) and "relays" not in config.active_plugins:
         raise ConfigurationError(
             "[routes] map gives a route fallback hosts, which the 'relays' plugin tries; "
             "enable [plugin.relays], or give each route one host",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import smtplib
 import socket
 
 import pytest
@@ -315,3 +316,54 @@ def test_property_a_limiting_relay_gets_every_member_once_and_nothing_fails(
         assert recipients_at(limited) == sorted(addresses)
         if limited.connections_refused:
             assert pool is not None and pool.concurrency <= limit, "the pool learnt the relay's limit"
+
+
+def test_a_route_never_inherits_another_routes_settings():
+    from mailman_mta.connection import Connection
+
+    base = Connection(command_timeout=9)
+    first = base.sibling(Route(("a.example", 25), {"secure_mode": "starttls", "max_connections": 2}))
+    second = first.sibling(Route(("b.example", 26)))
+    assert (first.setting("secure_mode"), first.setting("max_connections")) == ("starttls", 2)
+    assert (second.host, second.port, second.setting("command_timeout")) == ("b.example", 26, 9)
+    assert second.setting("secure_mode") == base.setting("secure_mode")
+    assert second.setting("max_connections") == base.setting("max_connections")
+    assert first.sibling().setting("secure_mode") == "starttls", "a pool's sibling keeps its route"
+
+
+greeting_codes = st.sampled_from([421, 450, 451, 454, 554])
+status_codes = st.sampled_from(["4.7.0 ", "4.7.1 ", "4.3.2 ", "5.7.1 ", ""])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    code=greeting_codes,
+    status=status_codes,
+    multiline=st.booleans(),
+    allowed=st.integers(min_value=2, max_value=5),
+    members=st.integers(min_value=2, max_value=16),
+)
+def test_property_whatever_a_relay_greets_extra_connections_with(mta_layers, code, status, multiline, allowed, members):
+    """Raw bytes at the greeting of every connection over the relay's limit of 1:
+    nobody gets two copies, nothing is permanent (the relay refused no
+    recipient), and when the greeting says "too many connections" nothing
+    fails at all."""
+    from mailman_mta.pool import pushed_back
+    from mailman_mta.testing import ScriptedSMTPServer
+
+    text = f"{status}Too many connections from 127.0.0.1"
+    greeting = (f"{code}-relay.example busy\r\n" if multiline else "") + f"{code} {text}\r\n"
+    with ScriptedSMTPServer(connection_limit=1, over_limit=greeting.encode()) as relay:
+        mta_layers.push("raw", f"[mta]\nsmtp_port: {relay.port}\nmax_connections: {allowed}\nmax_recipients: 1\n")
+        try:
+            addresses = [f"m{n}@example.com" for n in range(members)]
+            with Delivery() as delivery:
+                result = delivery.deliver("list@example.com", addresses, MESSAGE)
+        finally:
+            mta_layers.pop("raw")
+        received = [r for transaction in relay.kept for r in transaction.accepted]
+    assert sorted(received) == sorted(result.accepted), "accepted means the relay kept exactly one copy"
+    assert not result.permanent
+    assert set(result.refused) <= set(addresses) - set(received)
+    if pushed_back(smtplib.SMTPConnectError(code, text.encode())):
+        assert result.ok, result.refused

@@ -122,6 +122,8 @@ class ScriptedSMTPServer:
     :param hostname: where to listen (loopback).
     :param max_data_octets: how much of each message to keep; the rest is
         read and thrown away (0 keeps none, for measuring the client alone).
+    :param connection_limit: the most connections served at once; one more
+        is sent *over_limit* (raw bytes, a greeting or not) and closed.
 
     `reads` records every read outside message data.
     """
@@ -132,7 +134,15 @@ class ScriptedSMTPServer:
         hostname: str = "127.0.0.1",
         *,
         max_data_octets: int = MAX_DATA_OCTETS,
+        connection_limit: int | None = None,
+        over_limit: bytes = b"421 4.7.0 Too many connections\r\n",
     ) -> None:
+        #: With a limit, a connection beyond it gets *over_limit* (any
+        #: bytes) instead of a session, and is closed; it takes no action
+        #: from the script.  `refused_connections` counts them.
+        self.connection_limit = connection_limit
+        self.over_limit = over_limit
+        self.refused_connections = 0
         self.extensions = tuple(extensions)
         self.hostname = hostname
         self.max_data_octets = max_data_octets
@@ -218,9 +228,20 @@ class ScriptedSMTPServer:
             except OSError:
                 return
             with self._lock:
-                self.connections += 1
-                number = self.connections
-                self._clients.add(client)
+                over = self.connection_limit is not None and len(self._clients) >= self.connection_limit
+                if over:
+                    self.refused_connections += 1
+                else:
+                    self.connections += 1
+                    number = self.connections
+                    self._clients.add(client)
+            if over:
+                try:
+                    client.sendall(self.over_limit)
+                except OSError:
+                    pass
+                _shut(client)
+                continue
             self._spawn(self._serve, client, number)
 
     def _serve(self, client: socket.socket, number: int) -> None:
