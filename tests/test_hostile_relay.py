@@ -33,10 +33,13 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mailman_mta import hookimpl
+from mailman_mta.config import config as default_config
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import Envelope
 from mailman_mta.errors import EnvelopeError, SMTPTimeoutError
+from mailman_mta.manager import registry
 from mailman_mta.replies import KEPT_OCTETS
 from mailman_mta.results import PROTOCOL_CODES, failures_of
 from mailman_mta.testing import Action, ScriptedSMTPServer
@@ -303,3 +306,59 @@ def test_no_transaction_outlives_its_deadline(rcpts, delays, pipelining):
         # Running out of time is never a verdict on anybody.
         assert isinstance(result.error, SMTPTimeoutError)
         assert not any(failure.permanent for failure in failures_of(result).values())
+
+
+# -- a plugin's verdicts, whatever the relay says -------------------------
+
+
+@settings(
+    max_examples=max(EXAMPLES // 2, 10),
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    script=st.lists(actions, max_size=10),
+    judged=st.lists(st.sampled_from(["send", "refuse", "drop"]), min_size=1, max_size=4),
+    strategy=st.sampled_from(["bulk", "individual"]),
+)
+def test_verdicts_stand_whatever_the_relay_does(script, judged, strategy):
+    """A recipient a plugin refused or dropped is never named to the relay,
+    keeps its verdict, and is never reported uncertain; nobody gets two copies."""
+    recipients = [f"member{i}@example.com" for i in range(len(judged))]
+    decided = dict(zip(recipients, judged))
+
+    class Screen:
+        @hookimpl
+        def mta_screen_recipients(self, envelope):
+            for recipient in list(envelope.recipients):
+                if decided[recipient] == "refuse":
+                    envelope.refuse(recipient, 550, "5.7.1 suppressed")
+                elif decided[recipient] == "drop":
+                    envelope.drop(recipient, "held")
+
+    registry.add("hostile-screen", Screen())
+    default_config.push("hostile-screen", "[plugin.hostile-screen]\nenabled: yes\n")
+    try:
+        with ScriptedSMTPServer() as server:
+            server.script(*script)
+            connection = Connection(
+                server.hostname, server.port, 0, command_timeout=TIMEOUT, connect_timeout=1, delivery=strategy
+            )
+            with Delivery(connection) as delivery:
+                result = delivery.deliver("list@example.org", recipients, MESSAGE)
+    finally:
+        default_config.pop("hostile-screen")
+        registry.remove("hostile-screen")
+    named = {r.address for transaction in server.transactions for r in transaction.recipients}
+    for address, verdict_given in decided.items():
+        if verdict_given == "send":
+            continue
+        assert address not in named, f"{address} was judged, yet named to the relay"
+        assert address not in result.uncertain and address not in result.accepted
+        if verdict_given == "refuse":
+            assert result.refused[address] == (550, "5.7.1 suppressed")
+        else:
+            assert result.dropped[address] == "held" and address not in result.refused
+    copies = [address for transaction in server.kept for address in transaction.accepted]
+    assert len(copies) == len(set(copies)), "someone's message was kept twice"
