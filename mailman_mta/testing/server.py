@@ -589,6 +589,11 @@ class CountingSMTPServer:
         with self._lock:
             self._faults.clear()
 
+    def accept_recipient(self, address: str) -> None:
+        """Take back `refuse_recipient` for *address*: it is accepted from now on."""
+        with self._lock:
+            self._refusals.pop(address, None)
+
     def clear_refusals(self) -> None:
         """Forget every `refuse_recipient` and `refuse_matching`."""
         with self._lock:
