@@ -64,8 +64,13 @@ def store(redis_server):
     return celery_integration.PostStore.from_url(redis_server.url, patience=60)
 
 
+#: The environment the workers run in: Celery and our wheel, as a site installs them.
+CELERY_ENVIRONMENT = ("celery-5.7", ["celery[redis]==5.7.0"])
+
+
 @pytest.fixture(scope="module")
-def workers(redis_server, relay, tmp_path_factory):
+def workers(redis_server, relay, tmp_path_factory, host_environment):
+    python = host_environment(*CELERY_ENVIRONMENT)
     folder = tmp_path_factory.mktemp("workers")
     config_file = folder / "worker.cfg"
     config_file.write_text(
@@ -82,7 +87,8 @@ stale_after: 2
 """
     )
     pool = {
-        name: CeleryWorker(name, redis_server.url, config_file, folder / f"{name}.log").start() for name in ("w1", "w2")
+        name: CeleryWorker(name, redis_server.url, config_file, folder / f"{name}.log", python=python).start()
+        for name in ("w1", "w2")
     }
     yield pool
     for worker in pool.values():

@@ -24,6 +24,8 @@ INSTALLED_AS = {"mailman_mta": "mailman_mta", "plugins": "mailman_mta/plugins", 
 NEEDS_A_HOST = {
     "mailman_mta.integrations.mailman": "GNU Mailman (tests/test_mailman.py, tests/test_mailman_site.py)",
     "mailman_mta.integrations.django": "Django (tests/test_django_suite.py)",
+    "mailman_mta.integrations.celery": "Celery (tests/test_celery.py, whose workers run from the wheel)",
+    "mailman_mta.integrations.django_celery": "Django and Celery (tests/test_celery.py)",
     "mailman_mta.testing.pytest_plugin": "pytest, which loads it through the pytest11 entry point",
 }
 

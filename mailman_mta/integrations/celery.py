@@ -275,7 +275,9 @@ class PostStore:
     """
 
     def __init__(self, client: redis.Redis, *, patience: float = 120.0, prefix: str = "mailman-mta") -> None:
-        self.client = client
+        #: Typed loosely: redis-py types every reply as bytes or str, by a
+        #: flag this store never sets (it always gets bytes).
+        self.client: Any = client
         self.patience = patience
         self.prefix = prefix
 
@@ -592,8 +594,10 @@ def deliver_chunk(self: Any, post_id: str, recipients: list[str]) -> dict[str, i
         return {}
     stale: dict[str, tuple[bytes, State]] = {}
     for recipient, raw in store.raw(post_id, recipients).items():
-        state = State.loads(raw) if raw is not None else None
-        if state is None or state.state != SENDING or time.time() - state.at < settings.stale_after:
+        if raw is None:
+            continue
+        state = State.loads(raw)
+        if state.state != SENDING or time.time() - state.at < settings.stale_after:
             # Not under way, or perhaps still under way in a live worker.
             continue
         # A worker stopped with this recipient's transaction under way.

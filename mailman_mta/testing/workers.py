@@ -101,7 +101,19 @@ class RedisServer:
 class CeleryWorker:
     """One ``celery worker`` process (solo pool) taking mailman-mta's tasks."""
 
-    def __init__(self, name: str, redis_url: str, config_file: Path, log_file: Path, *, visibility: float = 3) -> None:
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        config_file: Path,
+        log_file: Path,
+        *,
+        visibility: float = 3,
+        python: str | Path = sys.executable,
+    ) -> None:
+        #: The Python to run the worker with: one whose environment has
+        #: mailman-mta installed (from the wheel, in the tests) and Celery.
+        self.python = str(python)
         self.name = name
         self.log_file = Path(log_file)
         self.environment = dict(
@@ -115,13 +127,18 @@ class CeleryWorker:
 
     def start(self, timeout: float = 60.0) -> CeleryWorker:
         arguments = [
-            sys.executable, "-m", "celery", "-A", "mailman_mta.integrations.celery:app", "worker",
+            self.python, "-m", "celery", "-A", "mailman_mta.integrations.celery:app", "worker",
             "--pool=solo", "--concurrency=1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-n", f"{self.name}@%h", "-Q", "mailman-mta",
         ]  # fmt: skip
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                arguments, stdout=log, stderr=subprocess.STDOUT, env=self.environment, start_new_session=True
+                arguments,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment,
+                start_new_session=True,
+                cwd=self.log_file.parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
