@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailman_mta.manager import registry
-from mailman_mta.testing import CountingSMTPServer
+from mailman_mta.testing import CountingSMTPServer, workers
 from mailman_mta.testing import postfix as testbed
 
 
@@ -139,6 +139,28 @@ def _provide_postfix() -> None:
     started = time.monotonic()
     testbed.install()
     POSTFIX_TIMINGS["install"] = time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def redis_installed() -> None:
+    """Debian's redis-server, installed when missing and this process may (root + apt-get).
+
+    The packaged service is stopped again: the tests run servers of their
+    own (`mailman_mta.testing.workers.RedisServer`).
+    """
+    if workers.redis_unavailable() is not None and os.geteuid() == 0 and not os.environ.get("MAILMAN_MTA_NO_INSTALL"):
+        if shutil.which("apt-get") is not None:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", workers.REDIS_PACKAGE],
+                check=True,
+                env=env,
+            )
+            subprocess.run(["service", "redis-server", "stop"], check=False, env=env, capture_output=True)
+    reason = workers.redis_unavailable()
+    if reason is not None:
+        pytest.skip(f"no Redis here: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,18 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
     assert "| sink | 50 | mailman-mta Connection, pipelining |" in result.stdout
     assert "| goal (ratio to the baseline in this run) |" in result.stdout
     assert "| VERP, one post to 40 members, 3 ms away: 4 connections >= 3x one" in result.stdout
+
+
+@pytest.mark.celery
+def test_the_scale_out_benchmark_runs(redis_installed):
+    """benchmarks/scaleout.py --quick still runs (one worker), and prints its table."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaleout.py"), "--quick", "--workers", "1", "--relay", "sink"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| one process, Delivery (pool of 4) |" in result.stdout
+    assert "| 1 Celery worker(s), each a pool of 4 |" in result.stdout

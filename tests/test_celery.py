@@ -7,8 +7,6 @@ missing, as Postfix is) and two ``celery worker`` processes.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections import Counter
 
@@ -16,7 +14,7 @@ import pytest
 
 from mailman_mta.config import config as default_config
 from mailman_mta.testing import CountingSMTPServer
-from mailman_mta.testing.workers import REDIS_PACKAGE, CeleryWorker, RedisServer, redis_unavailable
+from mailman_mta.testing.workers import CeleryWorker, RedisServer
 
 celery_integration = pytest.importorskip("mailman_mta.integrations.celery", reason="needs mailman-mta[celery]")
 
@@ -30,18 +28,6 @@ def members(count: int, prefix: str = "m") -> list[str]:
     return [f"{prefix}{n}@{DOMAINS[n % len(DOMAINS)]}" for n in range(count)]
 
 
-def _provide_redis() -> None:
-    if redis_unavailable() is None or os.geteuid() != 0 or os.environ.get("MAILMAN_MTA_NO_INSTALL"):
-        return
-    if shutil.which("apt-get") is None:
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", REDIS_PACKAGE], check=True, env=env)
-    # Debian starts the packaged service; the tests run their own.
-    subprocess.run(["service", "redis-server", "stop"], check=False, env=env, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def relay():
     with CountingSMTPServer(credentials=None) as server:
@@ -49,11 +35,7 @@ def relay():
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    _provide_redis()
-    reason = redis_unavailable()
-    if reason is not None:
-        pytest.skip(f"no Redis here: {reason}")
+def redis_server(redis_installed, tmp_path_factory):
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
 
@@ -266,3 +248,41 @@ def test_djangos_queued_backend_returns_once_queued(both_running, store, fresh_r
 def store_url(store) -> str:
     kwargs = store.client.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+@pytest.mark.postfix
+def test_workers_deliver_through_a_real_postfix(
+    workers, redis_server, store, submitting, postfix, postfix_capture, tmp_path, host_environment
+):
+    for worker in workers.values():
+        worker.stop()  # only the Postfix worker takes this post
+    config_file = tmp_path / "postfix-worker.cfg"
+    config_file.write_text(
+        f"""
+[mta]
+smtp_host: 127.0.0.1
+smtp_port: {postfix.port}
+secure_mode: starttls
+ca_file: {postfix.ca_file}
+smtp_user: testuser
+smtp_pass: testpass
+max_recipients: 5
+"""
+    )
+    worker = CeleryWorker(
+        "wp", redis_server.url, config_file, tmp_path / "wp.log", python=host_environment(*CELERY_ENVIRONMENT)
+    ).start()
+    try:
+        postfix_capture.clear()
+        addresses = [*members(18, "pf"), "refused@example.com"]
+        handle = celery_integration.submit("list@example.com", addresses, MESSAGE, store=store)
+        result = handle.result(timeout=120)
+    finally:
+        worker.stop()
+    assert set(result.permanent) == {"refused@example.com"} and result.permanent["refused@example.com"].code == 550
+    assert len(result.accepted) == 18 and not result.temporary and not result.uncertain
+    arrived = postfix_capture.wait_for_messages(1, timeout=30)
+    deadline = time.monotonic() + 60
+    while sorted(copies(postfix_capture)) != sorted(result.accepted) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert copies(postfix_capture) == Counter(result.accepted), arrived

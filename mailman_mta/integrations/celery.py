@@ -280,6 +280,8 @@ class PostStore:
         self.client: Any = client
         self.patience = patience
         self.prefix = prefix
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE_IF_UNCHANGED)
 
     @classmethod
     def from_url(cls, url: str | None = None, **kwargs: Any) -> PostStore:
@@ -344,18 +346,16 @@ class PostStore:
         """Mark *recipients* that are queued or retrying as *sending*; return those marked."""
         if not recipients:
             return []
-        script = self.client.register_script(_CLAIM)
         key = self._key(post_id, "ledger")
-        claimed = self._patiently(lambda: script(keys=[key], args=[sending.dumps(), *recipients]))
+        claimed = self._patiently(lambda: self._claim(keys=[key], args=[sending.dumps(), *recipients]))
         return [address.decode("utf-8") for address in claimed]
 
     def settle_if_unchanged(self, post_id: str, changes: dict[str, tuple[bytes, State]]) -> None:
         """Write each new state only where the line still reads what was read."""
         if changes:
-            script = self.client.register_script(_SETTLE_IF_UNCHANGED)
             args = [part for r, (seen, state) in changes.items() for part in (r, seen, state.dumps())]
             key = self._key(post_id, "ledger")
-            self._patiently(lambda: script(keys=[key], args=args))
+            self._patiently(lambda: self._settle(keys=[key], args=args))
 
 
 # -- submitting and reading results ------------------------------------------
@@ -560,6 +560,14 @@ def _outcomes(
 _local = threading.local()
 
 
+def _worker_store(patience: float) -> PostStore:
+    """This worker thread's `PostStore`: its Redis connections are kept from task to task."""
+    store = getattr(_local, "store", None)
+    if store is None or store.patience != patience:
+        store = _local.store = PostStore.from_url(patience=patience)
+    return store
+
+
 def _delivery() -> Delivery:
     """This worker thread's `Delivery`: its connections are kept from task to task."""
     delivery = getattr(_local, "delivery", None)
@@ -585,7 +593,7 @@ def deliver_chunk(self: Any, post_id: str, recipients: list[str]) -> dict[str, i
     """
     config = default_config
     settings = settings_of(config)
-    store = PostStore.from_url(patience=settings.store_patience)
+    store = _worker_store(settings.store_patience)
     worker = _worker_name()
     try:
         sender, message = store.post(post_id)
