@@ -11,6 +11,8 @@ import time
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailman_mta.config import config as default_config
 from mailman_mta.testing import CountingSMTPServer
@@ -286,3 +288,55 @@ max_recipients: 5
     while sorted(copies(postfix_capture)) != sorted(result.accepted) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert copies(postfix_capture) == Counter(result.accepted), arrived
+
+
+# -- the ledger's rules, whatever the relay says (tasks run in this process) --
+
+behaviours = st.sampled_from(["ok", "ok", "451", "550", "552", "dead-worker"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(behaviours, min_size=1, max_size=8), ending=st.sampled_from(["ok", "lost-after-data", "421"]))
+def test_property_the_ledger_tells_the_truth(store, fresh_relay, monkeypatch, plan, ending):
+    """Accepted: the relay has exactly one copy.  Permanent: the relay said
+    5xx (552 is temporary, RFC 5321 4.5.3.1.10).  A recipient a dead worker
+    left "sending" is uncertain and never sent.  Nobody gets two copies."""
+    monkeypatch.setenv("MAILMAN_MTA_REDIS_URL", store_url(store))
+    fresh_relay.clear()
+    fresh_relay.clear_faults()
+    fresh_relay.clear_refusals()
+    addresses = [f"p{n}@example.com" for n in range(len(plan))]
+    for address, behaviour in zip(addresses, plan):
+        if behaviour in ("451", "550", "552"):
+            fresh_relay.refuse_recipient(address, f"{behaviour} {behaviour[0]}.0.0 scripted")
+    if ending == "lost-after-data":
+        fresh_relay.script("END-OF-DATA", close=True, accept=True, times=1)
+    elif ending == "421":
+        fresh_relay.script("MAIL", reply="421 4.3.2 going down", close=True, times=1)
+    post_id = "prop-" + os.urandom(6).hex()
+    store.create(post_id, "list@example.com", b"Subject: p\r\n\r\nHello\r\n", addresses)
+    dead = [a for a, b in zip(addresses, plan) if b == "dead-worker"]
+    store.record(post_id, dict.fromkeys(dead, celery_integration.State("sending", worker="w-dead", at=1.0)))
+    layer = f"[mta]\nsmtp_host: 127.0.0.1\nsmtp_port: {fresh_relay.port}\nmax_connections: 1\n"
+    default_config.push("in-process-worker", layer + "[celery]\nmax_retries: 1\nretry_delay: 0.01\nstale_after: 1\n")
+    try:
+        celery_integration.deliver_chunk.apply(args=(post_id, addresses))
+        # Retries ran in place (eager); nothing is left for a sweeper.
+        assert celery_integration.resubmit_stalled(post_id, older_than=0, store=store) == 0
+    finally:
+        default_config.pop("in-process-worker")
+        celery_integration._close_delivery()
+    states = store.states(post_id)
+    received = copies(fresh_relay)
+    for address, behaviour in zip(addresses, plan):
+        state = states[address]
+        assert state.final, (address, state)
+        assert received[address] <= 1
+        if state.state == "accepted":
+            assert received[address] == 1
+        if state.state == "permanent":
+            assert behaviour == "550"
+        if behaviour == "dead-worker":
+            assert state.state == "uncertain" and received[address] == 0
+        if state.state == "failed":
+            assert received[address] == 0

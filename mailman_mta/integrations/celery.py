@@ -280,13 +280,17 @@ class PostStore:
         self.client: Any = client
         self.patience = patience
         self.prefix = prefix
+        #: Where the store is, when it was made from a URL.
+        self.url: str | None = None
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE_IF_UNCHANGED)
 
     @classmethod
     def from_url(cls, url: str | None = None, **kwargs: Any) -> PostStore:
-        client = redis.Redis.from_url(url or redis_url(), socket_timeout=10, socket_connect_timeout=5)
-        return cls(client, **kwargs)
+        url = url or redis_url()
+        store = cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kwargs)
+        store.url = url
+        return store
 
     def _key(self, post_id: str, part: str) -> str:
         return f"{self.prefix}:post:{post_id}:{part}"
@@ -563,8 +567,9 @@ _local = threading.local()
 def _worker_store(patience: float) -> PostStore:
     """This worker thread's `PostStore`: its Redis connections are kept from task to task."""
     store = getattr(_local, "store", None)
-    if store is None or store.patience != patience:
-        store = _local.store = PostStore.from_url(patience=patience)
+    url = redis_url()
+    if store is None or (store.patience, store.url) != (patience, url):
+        store = _local.store = PostStore.from_url(url, patience=patience)
     return store
 
 
