@@ -69,6 +69,7 @@ from mailman_mta.delivery import Delivery, chunk_by_domain
 from mailman_mta.envelope import MessageInput, check_address, message_bytes
 from mailman_mta.errors import EnvelopeError
 from mailman_mta.results import Failure
+from mailman_mta.values import as_count, as_flag, as_positive_count, as_positive_seconds
 
 log = logging.getLogger("mailman_mta.celery")
 
@@ -156,8 +157,6 @@ class CeleryConfiguration:
 
     @hookimpl
     def mta_declare_config(self, schema: Any) -> None:
-        from mailman_mta.values import as_count, as_flag, as_positive_count, as_positive_seconds
-
         schema.add_section(
             "celery",
             """
@@ -456,6 +455,22 @@ def post_result(post_id: str, store: PostStore | None = None) -> PostResult | No
     return PostResult(post_id, states) if all(s.final for s in states.values()) else None
 
 
+def _chunks(recipients: list[str], config: Configuration) -> list[list[str]]:
+    """*recipients* in tasks: by route (when a plugin routes), then by domain, ``chunk_size`` at most."""
+    size = settings_of(config).chunk_size
+    choose = config.hook.mta_choose_route
+    if not choose.get_hookimpls():
+        return chunk_by_domain(recipients, size)
+    routes: dict[str, Any] = {}
+    by_route: dict[Any, list[str]] = {}
+    for recipient in recipients:
+        domain = recipient.rpartition("@")[2].lower()
+        if domain not in routes:
+            routes[domain] = choose(config=config, domain=domain)
+        by_route.setdefault(routes[domain], []).append(recipient)
+    return [chunk for members in by_route.values() for chunk in chunk_by_domain(members, size)]
+
+
 def resubmit_stalled(
     post_id: str, *, older_than: float, store: PostStore | None = None, config: Configuration | None = None
 ) -> int:
@@ -473,8 +488,7 @@ def resubmit_stalled(
         for recipient, state in store.states(post_id).items()
         if not state.final and now - state.at >= older_than
     ]
-    chunk_size = settings_of(config if config is not None else default_config).chunk_size
-    for chunk in chunk_by_domain(stalled, chunk_size):
+    for chunk in _chunks(stalled, config if config is not None else default_config):
         deliver_chunk.apply_async(args=(post_id, chunk), queue=QUEUE)
     if stalled:
         log.warning(
@@ -508,7 +522,7 @@ def submit(
     store = store if store is not None else PostStore.from_url()
     post_id = uuid.uuid4().hex
     store.create(post_id, sender, data, unique)
-    chunks = chunk_by_domain(unique, settings_of(config).chunk_size)
+    chunks = _chunks(unique, config)
     for chunk in chunks:
         deliver_chunk.apply_async(args=(post_id, chunk), queue=QUEUE)
     return PostHandle(post_id, len(chunks), store)
@@ -590,6 +604,54 @@ def _close_delivery(**_: Any) -> None:
         delivery.close()
 
 
+def _stale(
+    store: PostStore, post_id: str, recipients: Sequence[str], settings: CelerySettings, worker: str
+) -> dict[str, tuple[bytes, State]]:
+    """Recipients a stopped worker left ``sending``: (the line as read, what it becomes).
+
+    Uncertain (the relay may have the message), or queued again with
+    ``resend_uncertain``.  A line younger than ``stale_after`` may be a
+    live worker's transaction, and is left alone.
+    """
+    stale = {}
+    for recipient, raw in store.raw(post_id, recipients).items():
+        if raw is None:
+            continue
+        state = State.loads(raw)
+        if state.state != SENDING or time.time() - state.at < settings.stale_after:
+            continue
+        who = state.worker or "a worker"
+        if settings.resend_uncertain:
+            again = State(QUEUED, None, f"{who} stopped mid-transaction; sent again", worker, 0.0)
+        else:
+            again = State(
+                UNCERTAIN,
+                444,
+                f"4.4.2 {who} stopped while its transaction was under way; "
+                "the relay may have the message, so it is not sent again",
+                worker,
+                time.time(),
+            )
+        stale[recipient] = (raw, again)
+    return stale
+
+
+def _state_after(recipient: str, result: Any, worker: str, now: float, due: float, last_try: bool) -> State:
+    """The ledger line for *recipient* after its transaction (*result*, a `DeliveryResult`)."""
+    if recipient in result.dropped:
+        return State(DROPPED, None, result.dropped[recipient], worker, now)
+    failure = result.refused.get(recipient)
+    if failure is None:
+        return State(ACCEPTED, 250, "", worker, now)
+    if recipient in result.uncertain:
+        return State(UNCERTAIN, failure.code, failure.message, worker, now)
+    if failure.permanent:
+        return State(PERMANENT, failure.code, failure.message, worker, now)
+    if last_try:
+        return State(FAILED, failure.code, failure.message, worker, now)
+    return State(RETRYING, failure.code, failure.message, worker, due)
+
+
 @app.task(bind=True, name="mailman_mta.deliver_chunk", acks_late=True, reject_on_worker_lost=True)
 def deliver_chunk(self: Any, post_id: str, recipients: list[str]) -> dict[str, int]:
     """Deliver *recipients* of post *post_id*, leaving out those already final.
@@ -605,29 +667,7 @@ def deliver_chunk(self: Any, post_id: str, recipients: list[str]) -> dict[str, i
     except KeyError as error:
         log.error("%s", error)
         return {}
-    stale: dict[str, tuple[bytes, State]] = {}
-    for recipient, raw in store.raw(post_id, recipients).items():
-        if raw is None:
-            continue
-        state = State.loads(raw)
-        if state.state != SENDING or time.time() - state.at < settings.stale_after:
-            # Not under way, or perhaps still under way in a live worker.
-            continue
-        # A worker stopped with this recipient's transaction under way.
-        if settings.resend_uncertain:
-            again = State(
-                QUEUED, None, f"{state.worker or 'a worker'} stopped mid-transaction; sent again", worker, 0.0
-            )
-        else:
-            again = State(
-                UNCERTAIN,
-                444,
-                f"4.4.2 {state.worker or 'a worker'} stopped while its transaction was under way; "
-                "the relay may have the message, so it is not sent again",
-                worker,
-                time.time(),
-            )
-        stale[recipient] = (raw, again)
+    stale = _stale(store, post_id, recipients, settings, worker)
     store.settle_if_unchanged(post_id, stale)
     todo = [r for r, state in store.states(post_id, recipients).items() if state.state in (QUEUED, RETRYING)]
     counts: dict[str, int] = {UNCERTAIN: sum(1 for _, state in stale.values() if state.state == UNCERTAIN)}
@@ -639,22 +679,10 @@ def deliver_chunk(self: Any, post_id: str, recipients: list[str]) -> dict[str, i
         due = now + delay
         outcome = {}
         for recipient in group:
-            if recipient in result.dropped:
-                outcome[recipient] = State(DROPPED, None, result.dropped[recipient], worker, now)
-            elif recipient in result.uncertain:
-                failure = result.refused[recipient]
-                outcome[recipient] = State(UNCERTAIN, failure.code, failure.message, worker, now)
-            elif recipient in result.refused:
-                failure = result.refused[recipient]
-                if failure.permanent:
-                    outcome[recipient] = State(PERMANENT, failure.code, failure.message, worker, now)
-                elif last_try:
-                    outcome[recipient] = State(FAILED, failure.code, failure.message, worker, now)
-                else:
-                    outcome[recipient] = State(RETRYING, failure.code, failure.message, worker, due)
-                    temporary.append(recipient)
-            else:
-                outcome[recipient] = State(ACCEPTED, 250, "", worker, now)
+            state = _state_after(recipient, result, worker, now, due, last_try)
+            outcome[recipient] = state
+            if state.state == RETRYING:
+                temporary.append(recipient)
         store.record(post_id, outcome)
         for state in outcome.values():
             counts[state.state] = counts.get(state.state, 0) + 1
