@@ -340,3 +340,22 @@ def test_property_the_ledger_tells_the_truth(store, fresh_relay, monkeypatch, pl
             assert state.state == "uncertain" and received[address] == 0
         if state.state == "failed":
             assert received[address] == 0
+
+
+def test_chunks_never_mix_routes(mta_layers, enabled):
+    from mailman_mta import hookimpl
+    from mailman_mta.routes import Route
+
+    class Partner:
+        @hookimpl
+        def mta_choose_route(self, domain):
+            return Route(("partner.example", 25)) if domain.endswith("example.net") else None
+
+    mta_layers.push("chunks", "[celery]\nchunk_size: 3\n")
+    addresses = [f"u{n}@{domain}" for n in range(4) for domain in ("example.com", "example.net", "a.example.net")]
+    with enabled(partner=Partner()):
+        chunks = celery_integration._chunks(addresses, default_config)
+    assert sorted(a for chunk in chunks for a in chunk) == sorted(addresses)
+    assert all(len(chunk) <= 3 for chunk in chunks)
+    for chunk in chunks:
+        assert len({address.endswith("example.net") for address in chunk}) == 1, chunk
