@@ -1,9 +1,16 @@
-"""Exceptions raised by mailman-mta itself.
+"""Exceptions raised by mailman-mta itself, all under `MTAError`.
 
-Errors that come from the SMTP conversation are the standard library's
-`smtplib.SMTPException` family and propagate unchanged, so code written for
-`smtplib` keeps working.  The classes here cover what happens before any
-SMTP: bad configuration and bad input.
+Each also has the standard base that means the same thing, so code that
+catches those keeps working: a lost or unreachable connection is a
+`ConnectionError`, a timeout a `TimeoutError`, a failed TLS handshake an
+`ssl.SSLError`, bad input a `ValueError`, and what smtplib would raise
+for the same event is a base too (`smtplib.SMTPServerDisconnected` for a
+reply that never came).  Replies the server gives (a refused recipient, a
+refused message) are reported as `smtplib` reports them, by
+`Connection.sendmail`, and in results by `Delivery`; those exceptions are
+smtplib's own.  `DeliveryInterrupted` alone is not an `MTAError`: it is a
+`KeyboardInterrupt`, so that ``except Exception`` never swallows Ctrl-C.
+tests/test_errors.py pins every class's bases.
 """
 
 from __future__ import annotations
@@ -83,12 +90,20 @@ class STARTTLSNotOffered(TLSError, smtplib.SMTPNotSupportedError):
     """
 
 
-class SMTPTimeoutError(MTAError, smtplib.SMTPServerDisconnected):
+class ConnectTimeoutError(MTAConnectionError, TimeoutError):
+    """The TCP connection to the MTA was not made within ``connect_timeout``.
+
+    Distinct from `SMTPTimeoutError` (a connected server that did not
+    answer a command): nothing was said, so nothing can have been sent.
+    """
+
+
+class SMTPTimeoutError(MTAError, smtplib.SMTPServerDisconnected, TimeoutError):
     """The MTA did not answer in time.
 
     A subclass of `smtplib.SMTPServerDisconnected`, since the connection is
-    closed when it happens.  The message names the host, the port, the
-    command that went unanswered and the timeout.
+    closed when it happens, and a `TimeoutError`.  The message names the
+    host, the port, the command that went unanswered and the timeout.
     """
 
 

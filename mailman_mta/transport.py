@@ -41,6 +41,7 @@ from . import esmtp
 from .envelope import Envelope
 from .errors import (
     ConfigurationError,
+    ConnectTimeoutError,
     MTAConnectionError,
     SMTPTimeoutError,
     STARTTLSNotOffered,
@@ -250,7 +251,7 @@ class SMTPTransport(smtplib.SMTP):
         try:
             sock = socket.create_connection((host, port), self.connect_timeout, self.source_address)
         except TimeoutError as error:
-            raise MTAConnectionError(
+            raise ConnectTimeoutError(
                 f"connecting to {host}:{port} timed out after {self.connect_timeout:g} s"
             ) from error
         except OSError as error:

@@ -65,3 +65,27 @@ def test_the_command_line_does_not_load_the_test_servers_until_asked():
         check=True,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_the_public_api_is_importable_from_the_package():
+    """``from mailman_mta import ...`` gives the same objects as their modules; __all__ lists them."""
+    import importlib
+
+    import mailman_mta
+
+    lazy = mailman_mta._EXPORTS
+    assert set(mailman_mta.__all__) == {"PROJECT_NAME", "__version__", "hookimpl", *lazy}
+    for name, module in lazy.items():
+        assert getattr(mailman_mta, name) is getattr(importlib.import_module(f"mailman_mta.{module}"), name)
+    assert set(mailman_mta.__all__) <= set(dir(mailman_mta))
+    from mailman_mta import Configuration, Connection, Delivery, hookimpl  # noqa: F401 (the README's line)
+
+
+def test_importing_the_package_imports_none_of_it():
+    """Plugins import mailman_mta for hookimpl; that must not load the configuration."""
+    import subprocess
+    import sys
+
+    code = "import sys, mailman_mta; print(sorted(m for m in sys.modules if m.startswith('mailman_mta.')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
