@@ -37,7 +37,10 @@ def tree_files() -> dict[str, str]:
         for path in (ROOT / folder).rglob("*"):
             if "__pycache__" in path.parts or not path.is_file():
                 continue
-            if path.suffix == ".py" or (folder == "schema" and path.suffix == ".cfg"):
+            data = (folder == "schema" and path.suffix == ".cfg") or path.relative_to(
+                ROOT
+            ).as_posix() == "mailman_mta/py.typed"
+            if path.suffix == ".py" or data:
                 relative = path.relative_to(ROOT / folder).as_posix()
                 found[f"{folder}/{relative}"] = f"{package}/{relative}"
     return found
@@ -45,7 +48,12 @@ def tree_files() -> dict[str, str]:
 
 def test_the_tree_has_the_files_this_test_relies_on():
     files = tree_files()
-    for expected in ("mailman_mta/integrations/django.py", "plugins/devmode.py", "schema/schema.cfg"):
+    for expected in (
+        "mailman_mta/integrations/django.py",
+        "plugins/devmode.py",
+        "schema/schema.cfg",
+        "mailman_mta/py.typed",
+    ):
         assert expected in files
 
 
