@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,39 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mailman_mta.manager import registry
 from mailman_mta.testing import CountingSMTPServer, workers
 from mailman_mta.testing import postfix as testbed
+
+#: Markers of tests that start real hosts (Postfix, Mailman, Django, Celery and Redis).
+HOST_MARKERS = frozenset({"postfix", "mailman", "django", "celery"})
+
+#: Modules that test the project rather than the product (builds, installs,
+#: the tools, the benchmarks) or search at length (property tests of a
+#: hostile relay): slow by nature, so left out of the inner loop.
+SLOW_MODULES = frozenset(
+    {"test_packaging", "test_tooling", "test_benchmarks", "test_example_plugin", "test_hostile_relay", "test_imports"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what the inner loop (``pytest -m "not slow"``) leaves out; the full run runs everything."""
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or any(item.get_closest_marker(name) for name in HOST_MARKERS):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Python's own SIGINT handler, for tests that press Ctrl-C (``_thread.interrupt_main``).
+
+    A pytest started in the background inherits SIGINT ignored, and then
+    ``interrupt_main`` does nothing; these tests must behave the same
+    whatever the shell did.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

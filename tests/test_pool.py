@@ -201,7 +201,7 @@ def test_a_layer_refused_by_its_check_is_never_seen_by_other_threads():
 
 @pytest.mark.parametrize("connections", [1, 4])
 def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(
-    mta_config, mta_smtpd, mta_layers, enabled, connections
+    mta_config, mta_smtpd, mta_layers, enabled, connections, ctrl_c
 ):
     mta_layers.push("pool", f"[mta]\ndelivery: individual\nmax_connections: {connections}\n")
     mta_smtpd.script("MAIL", delay=0.01, times=0)
