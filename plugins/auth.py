@@ -24,7 +24,8 @@ def mta_authenticate(connection, transport):
             section="mta",
             key="smtp_pass",
         )
-    if IMessageTransactions.providedBy(transport):
+    ours = IMessageTransactions.providedBy(transport)
+    if ours:
         # Ours takes the Secret itself, and never holds the password as text.
         transport.login(user, password)
     else:

@@ -88,7 +88,7 @@ def mta_check_config(config):
     if "from" not in (name.lower() for name in settings.headers):
         raise ConfigurationError("[dkim] headers must include From (RFC 6376 5.4)", section="dkim", key="headers")
     path = settings.private_key_file
-    key = private_key(path)  # or a ConfigurationError naming the file
+    pem = private_key(path)  # or a ConfigurationError naming the file
     mode = os.stat(path).st_mode
     if mode & 0o077:
         # As OpenSSH refuses a private key others may read: anyone who can
@@ -99,7 +99,7 @@ def mta_check_config(config):
             section="dkim",
             key="private_key_file",
         )
-    _parse(path, key)
+    _parse(path, pem)
 
 
 def _parse(path: str, key: bytes) -> None:

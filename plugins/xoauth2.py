@@ -193,8 +193,9 @@ def mta_authenticate(config, connection, transport):
         transport.auth("XOAUTH2", respond, initial_response_ok=True, **({"secrets": [token]} if ours else {}))
     except smtplib.SMTPAuthenticationError as error:
         if errors and errors[0]:
+            said = error.smtp_error if isinstance(error.smtp_error, bytes) else str(error.smtp_error).encode()
             raise smtplib.SMTPAuthenticationError(
-                error.smtp_code, error.smtp_error + f" (token refused: {errors[0]})".encode()
+                error.smtp_code, said + f" (token refused: {errors[0]})".encode()
             ) from None
         raise
     return True
