@@ -691,7 +691,7 @@ def check(invocation: Invocation, transcript: bool, domain: str | None) -> None:
     with invocation.reporting():
         connection = Connection(config=config, debug=transcript)
         if domain is not None:
-            route = config.hook.mta_choose_route(config=config, domain=domain.lower())
+            route = config.hooks.choose_route(domain.lower())
             if route is not None:
                 connection = connection.sibling(route)
             console.print(f"route       {printable(domain)}: {route.name if route else '[mta] smtp_host'}")

@@ -51,6 +51,7 @@ from lazr.config.interfaces import ConfigErrors, NoConfigError
 from zope.interface import implementer
 
 from .errors import ConfigurationError
+from .hooks import Hooks
 from .interfaces import IConfiguration
 from .manager import PluginRegistry, build_plugin_manager, registration_order
 from .manager import registry as default_registry
@@ -430,6 +431,11 @@ class Configuration:
     def hook(self) -> pluggy.HookRelay:
         """Call a hook on the enabled plugins: ``config.hook.mta_...(**kwargs)``."""
         return self._current().manager.hook
+
+    @property
+    def hooks(self) -> Hooks:
+        """The enabled plugins' hooks as typed methods (see `mailman_mta.hooks`)."""
+        return Hooks(self, self._current().manager.hook)
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:

@@ -21,7 +21,6 @@ import email.utils
 import enum
 import itertools
 import logging
-import math
 import smtplib
 import ssl
 import threading
@@ -43,6 +42,7 @@ from .errors import (
     SMTPTimeoutError,
     UnsendableMessageError,
 )
+from .hooks import Hooks
 from .interfaces import IConnection, IMessageTransactions, ITransport
 from .replies import Reply
 from .routes import Route
@@ -450,18 +450,18 @@ class Connection:
             problem = config.problem
             if problem is not None:
                 raise ConfigurationError(f"nothing is sent while the configuration is inconsistent: {problem}")
-            hook = config.hook
-            if not self._prepare(config, hook, envelope):
+            hooks = config.hooks
+            if not self._prepare(hooks, envelope):
                 judged = TransactionResult(envelope.sender, (), stage=BEFORE, verdicts=dict(envelope.verdicts))
                 judged.error = smtplib.SMTPRecipientsRefused(judged.refused)
                 self._report(envelope, judged)
                 return judged
-            if self.transport is not None and not self._may_carry_another(config, hook):
+            if self.transport is not None and not self._may_carry_another(config, hooks):
                 self.quit()
             result = None
             started = time.monotonic()
             try:
-                result = self._send_with_one_retry(config, hook, envelope)
+                result = self._send_with_one_retry(config, hooks, envelope)
                 result.verdicts = dict(envelope.verdicts)
                 result.duration = time.monotonic() - started
                 if self.transport is not None:
@@ -489,22 +489,19 @@ class Connection:
                 raise
         return result
 
-    def _prepare(self, config: Configuration, hook: Any, envelope: Envelope) -> bool:
+    def _prepare(self, hooks: Hooks, envelope: Envelope) -> bool:
         """Run the hooks that judge, personalise, rewrite and prepare *envelope*.
 
         False when the plugins took every recipient out: nothing to send.
         """
-        if hook.mta_screen_recipients.get_hookimpls():
-            hook.mta_screen_recipients(config=config, connection=self, envelope=envelope)
-            if not envelope.recipients and envelope.verdicts:
-                return False
-        recipient = envelope.copy_for
-        if recipient is not None and hook.mta_prepare_copy.get_hookimpls():
-            hook.mta_prepare_copy(config=config, connection=self, envelope=envelope, recipient=recipient)
-        hook.mta_rewrite_recipients(config=config, connection=self, envelope=envelope)
+        hooks.screen_recipients(self, envelope)
+        if not envelope.recipients and envelope.verdicts:
+            return False
+        if envelope.copy_for is not None:
+            hooks.prepare_copy(self, envelope, envelope.copy_for)
+        hooks.rewrite_recipients(self, envelope)
         envelope.check()
-        if hook.mta_prepare_message.get_hookimpls():
-            hook.mta_prepare_message(config=config, connection=self, envelope=envelope)
+        hooks.prepare_message(self, envelope)
         if envelope.mail_options or envelope.rcpt_options:
             esmtp.check_parameters(envelope.mail_options, "MAIL")
             esmtp.check_parameters(envelope.rcpt_options, "RCPT")
@@ -514,19 +511,19 @@ class Connection:
         """Seconds *envelope*'s whole transaction may take: ``[mta] transaction_timeout``, and 1 s per 10 KB."""
         return self.setting("transaction_timeout") + len(envelope.message) / OCTETS_PER_SECOND_AT_LEAST
 
-    def _may_carry_another(self, config: Configuration, hook: Any) -> bool:
+    def _may_carry_another(self, config: Configuration, hooks: Hooks) -> bool:
         """May the open connection carry the next session, as it is and as the plugins say?"""
         if self._opened_with != self._opening_terms(config):
             return False
-        return False not in hook.mta_session_allowed(config=config, connection=self)
+        return hooks.session_allowed(self)
 
     def _opening_terms(self, config: Configuration) -> tuple[Any, ...]:
         """What a connection opened now would be opened with: the plugins, and the [mta] keys."""
         return (config.opening_plugins, *(self.setting(key) for key in CONNECTION_KEYS))
 
-    def _send_with_one_retry(self, config: Configuration, hook: Any, envelope: Envelope) -> TransactionResult:
+    def _send_with_one_retry(self, config: Configuration, hooks: Hooks, envelope: Envelope) -> TransactionResult:
         reused = self.transport is not None
-        result = self._transact(config, hook, envelope, pace=True)
+        result = self._transact(config, hooks, envelope, pace=True)
         if reused and retryable(result):
             log.info(
                 "%s:%s dropped a reused connection before the message was sent (%s); sending it on a new connection",
@@ -535,28 +532,27 @@ class Connection:
                 result.error,
             )
             self.close()
-            result = self._transact(config, hook, envelope, pace=False)
+            result = self._transact(config, hooks, envelope, pace=False)
         return result
 
-    def _pace(self, config: Configuration, hook: Any, envelope: Envelope) -> None:
+    def _pace(self, config: Configuration, hooks: Hooks, envelope: Envelope) -> None:
         """Wait as long as the slowest `mta_pace_transaction` asks, then check the connection again."""
-        delays = hook.mta_pace_transaction(config=config, connection=self, envelope=envelope)
-        delay = max((d for d in delays if d is not None and math.isfinite(d)), default=0)
+        delay = hooks.pace_transaction(self, envelope)
         if delay <= 0:
             return
         pause(delay)
-        if not self._may_carry_another(config, hook):
+        if not self._may_carry_another(config, hooks):
             self.quit()
-            self._connect(config, hook)
+            self._connect(config, hooks)
 
-    def _transact(self, config: Configuration, hook: Any, envelope: Envelope, *, pace: bool) -> TransactionResult:
+    def _transact(self, config: Configuration, hooks: Hooks, envelope: Envelope, *, pace: bool) -> TransactionResult:
         """One attempt: connect if needed, wait if a plugin paces, then run the transaction."""
         relay = session = None
         try:
             if self.transport is None:
-                self._connect(config, hook)
+                self._connect(config, hooks)
             if pace:
-                self._pace(config, hook, envelope)
+                self._pace(config, hooks, envelope)
             transport = self.transport
             assert transport is not None, "connected above"
             relay, session = self._relay, self.session_count + 1
@@ -617,7 +613,7 @@ class Connection:
         if self.transport is not None:
             return False
         with self.config.pinned() as config:
-            self._connect(config, config.hook)
+            self._connect(config, config.hooks)
         return True
 
     def open_transport(self) -> ITransport:
@@ -627,7 +623,7 @@ class Connection:
         the connection's own state is left alone.  Raises `NoTransportError`
         when no enabled plugin opens one.
         """
-        transport = self.config.hook.mta_create_transport(config=self.config, connection=self)
+        transport = self.config.hooks.create_transport(self)
         if transport is None:
             raise NoTransportError(
                 "no enabled plugin opened a connection to the MTA; is "
@@ -635,14 +631,14 @@ class Connection:
             )
         return transport
 
-    def _connect(self, config: Configuration, hook: Any) -> None:
+    def _connect(self, config: Configuration, hooks: Hooks) -> None:
         if self.opening_lock is None:
-            self._open(config, hook)
+            self._open(config, hooks)
             return
         with self.opening_lock:
-            self._open(config, hook)
+            self._open(config, hooks)
 
-    def _open(self, config: Configuration, hook: Any) -> None:
+    def _open(self, config: Configuration, hooks: Hooks) -> None:
         terms = self._opening_terms(config)
         transport = self.open_transport()
         self.transport = transport
@@ -654,7 +650,7 @@ class Connection:
         self.connection_count += 1
         self.connected_at = self.last_used_at = time.monotonic()
         try:
-            hook.mta_authenticate(config=config, connection=self, transport=transport)
+            hooks.authenticate(self, transport)
         except BaseException:
             self.close()
             raise

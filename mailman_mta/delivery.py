@@ -352,9 +352,8 @@ class Delivery:
         cannot be had (a plugin failed, or the route's settings are wrong)
         is refused, temporarily, in *refused*.
         """
-        config = self.connection.config
-        choose = config.hook.mta_choose_route
-        if not choose.get_hookimpls():
+        hooks = self.connection.config.hooks
+        if not hooks.routes:
             if recipients:
                 yield self._lanes[None], recipients
             return
@@ -365,7 +364,7 @@ class Delivery:
             lane = lanes.get(domain)
             if lane is None:
                 try:
-                    lane = self._lane(choose(config=config, domain=domain))
+                    lane = self._lane(hooks.choose_route(domain))
                 except Exception as error:
                     log.error("no route for %s", domain, exc_info=not isinstance(error, MTAError))
                     lane = Failure(451, f"4.4.0 no route for {domain}: {error}")

@@ -69,7 +69,7 @@ def probe(connection: Connection) -> Probe:
             found.verified = connection.tls_context().verify_mode != ssl.CERT_NONE
         if connection.smtp_user:
             try:
-                config.hook.mta_authenticate(config=config, connection=connection, transport=transport)
+                config.hooks.authenticate(connection, transport)
                 found.auth = True
             except smtplib.SMTPException as error:
                 found.auth, found.auth_error = False, error

@@ -58,3 +58,24 @@ def test_mypy_sees_the_plugins_and_the_schema_as_installed(tmp_path):
         '3: note: Revealed type is "mailman_mta.schema.Schema"',
         '4: note: Revealed type is "def (value: str) -> mailman_mta.plugins.routes.RouteMap"',
     ], done.stdout
+
+
+def test_a_hook_called_with_a_wrong_keyword_is_a_type_error(tmp_path):
+    """Hooks are called through mailman_mta.hooks.Hooks, whose methods mypy checks."""
+    probe = tmp_path / "hook_probe.py"
+    probe.write_text(
+        "from mailman_mta.config import config\n"
+        "config.hooks.choose_route(domian='example.org')\n"
+        "route = config.hooks.choose_route('example.org')\n"
+        "reveal_type(route)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "typecheck"), str(probe)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = [line.partition("hook_probe.py:")[2] for line in done.stdout.splitlines() if "hook_probe.py:" in line]
+    assert any(line.startswith('2: error: Unexpected keyword argument "domian"') for line in said), done.stdout
+    assert '4: note: Revealed type is "mailman_mta.routes.Route | None"' in said, done.stdout

@@ -458,15 +458,15 @@ def post_result(post_id: str, store: PostStore | None = None) -> PostResult | No
 def _chunks(recipients: list[str], config: Configuration) -> list[list[str]]:
     """*recipients* in tasks: by route (when a plugin routes), then by domain, ``chunk_size`` at most."""
     size = settings_of(config).chunk_size
-    choose = config.hook.mta_choose_route
-    if not choose.get_hookimpls():
+    hooks = config.hooks
+    if not hooks.routes:
         return chunk_by_domain(recipients, size)
     routes: dict[str, Any] = {}
     by_route: dict[Any, list[str]] = {}
     for recipient in recipients:
         domain = recipient.rpartition("@")[2].lower()
         if domain not in routes:
-            routes[domain] = choose(config=config, domain=domain)
+            routes[domain] = hooks.choose_route(domain)
         by_route.setdefault(routes[domain], []).append(recipient)
     return [chunk for members in by_route.values() for chunk in chunk_by_domain(members, size)]
 
