@@ -119,7 +119,3 @@ def demo(
     if delivered != accepted or accepted + refused != posts * members:
         console.print("Not everything sent arrived.", style="red")
         sys.exit(EXIT_PERMANENT)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

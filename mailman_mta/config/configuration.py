@@ -1,40 +1,10 @@
-"""Layered configuration, and the plugins the layers make active.
-
-`Configuration` wraps a lazr.config stack.  The schema is the bottom layer:
-``[mta]`` and the plugin switches from ``schema.cfg``, and the sections
-every known plugin declares (`mta_declare_config`, see `mailman_mta.schema`).
-`push` lays a named layer on top and `pop` takes it off again, exactly as
-in Mailman's test suite:
-
-    config.push('devmode', '''
-    [devmode]
-    enabled: yes
-    recipient: zperson@example.com
-    ''')
-    ...
-    config.pop('devmode')
-
-Attribute access gives lazr's raw text sections (``config.mta.smtp_port`` is
-the string ``'25'``).  `settings` gives the same values converted to their
-types, and `hook` calls the enabled plugins.  Both are worked out once per
-change of the layer stack, never per message, so the cost of a send does not
-grow with the number of layers.
-
-A layer is checked before it is accepted: unknown sections and keys, values
-of the wrong type, plugins that cannot be found, a setting left on whose
-plugin is off, and rules checked by plugins (`mta_check_config`) raise
-`ConfigurationError` naming the layer, section and key, and the stack is
-left as it was.  `follow` keeps some keys in step with another lazr.config
-configuration (GNU Mailman's), below our own layers.
-"""
+"""`Configuration`: the layer stack, the state it implies, and the plugins it makes active."""
 
 from __future__ import annotations
 
 import configparser
-import difflib
 import io
 import logging
-import re
 import textwrap
 import threading
 import weakref
@@ -47,83 +17,22 @@ from typing import Any
 
 import pluggy
 from lazr.config import Config, ConfigSchema
-from lazr.config.interfaces import ConfigErrors, NoConfigError
+from lazr.config.interfaces import NoConfigError
 from zope.interface import implementer
 
-from .errors import ConfigurationError
-from .hooks import Hooks
-from .interfaces import IConfiguration
-from .manager import PluginRegistry, build_plugin_manager, registration_order
-from .manager import registry as default_registry
-from .schema import PLUGIN_CATEGORY, SCHEMA_FILE, Requirement, Schema
+from ..errors import ConfigurationError
+from ..hooks import Hooks
+from ..interfaces import IConfiguration
+from ..manager import PluginRegistry, build_plugin_manager, registration_order
+from ..manager import registry as default_registry
+from ..schema import PLUGIN_CATEGORY, SCHEMA_FILE, Schema
+from .following import _Following
+from .layers import _copy_of, _did_you_mean, _lay, _lay_again, _parse_problem, as_is
+from .pinning import _Pin
+from .requirements import _unmet
+from .settings import SectionSettings, Settings
 
 log = logging.getLogger("mailman_mta.config")
-
-
-# -- Typed views ---------------------------------------------------------
-
-
-class SectionSettings(Mapping[str, Any]):
-    """The typed, read-only values of one section: ``section.smtp_port``.
-
-    Keys that are Python keywords (``class``) are read with ``section['class']``.
-    """
-
-    __slots__ = ("name", "_values")
-
-    def __init__(self, name: str, values: dict[str, Any]) -> None:
-        self.name = name
-        self._values = values
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"[{self.name}] has no key {key!r}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        # Secrets mask themselves, so this is safe to log.
-        return f"<[{self.name}] {self._values!r}>"
-
-
-class Settings:
-    """Every section of one configuration state, typed: ``settings.mta.smtp_port``.
-
-    `plugins` maps each plugin name to its ``[plugin.NAME]`` section.
-    """
-
-    def __init__(self, sections: dict[str, SectionSettings]) -> None:
-        self._sections = sections
-        self.plugins: dict[str, SectionSettings] = {
-            name.split(".", 1)[1]: section
-            for name, section in sections.items()
-            if name.startswith(PLUGIN_CATEGORY + ".")
-        }
-        # Plain attributes for the plain names, read on every send.
-        for name, section in sections.items():
-            if name.isidentifier() and name not in ("plugins", "_sections"):
-                setattr(self, name, section)
-
-    def __getattr__(self, name: str) -> SectionSettings:
-        try:
-            return self._sections[name]
-        except KeyError:
-            raise AttributeError(f"no section [{name}]") from None
-
-    def __getitem__(self, name: str) -> SectionSettings:
-        return self._sections[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._sections)
 
 
 @dataclass(frozen=True)
@@ -148,39 +57,8 @@ class _State:
     followed: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-@dataclass
-class _Following:
-    """Another lazr.config configuration whose values ours take (see `Configuration.follow`)."""
-
-    source: Callable[[], Any]
-    #: (our section, our key) -> (their section, their key, translation).
-    keys: dict[tuple[str, str], tuple[str, str, Callable[[str], str]]]
-    name: str
-
-    def overlays(self) -> object:
-        """The followed configuration's layer stack: a new object after each push or pop."""
-        return getattr(self.source(), "overlays", None)
-
-    def values(self) -> dict[tuple[str, str], str]:
-        """Our (section, key) -> text, for every followed key the other configuration has."""
-        other = self.source()
-        if other is None:
-            return {}
-        values = {}
-        for ours, (section, key, translate) in self.keys.items():
-            try:
-                text = other[section][key]
-            except (KeyError, configparser.NoSectionError):
-                continue
-            values[ours] = translate(text)
-        return values
-
-
 #: Per plugin registry, the schema its plugins declared (see `Configuration._collect_schema`).
 _COLLECTED: weakref.WeakKeyDictionary[PluginRegistry, dict[tuple[int, str], Schema]] = weakref.WeakKeyDictionary()
-
-
-# -- The configuration ---------------------------------------------------
 
 
 @implementer(IConfiguration)
@@ -652,129 +530,3 @@ class Configuration:
         if rest and master in schema:
             return schema[master]
         return None
-
-
-def as_is(text: str) -> str:
-    return text
-
-
-def _copy_of(lazr: Config) -> Config:
-    """A `Config` with *lazr*'s schema and layers, to push on without changing *lazr*.
-
-    (lazr.config's own objects cannot be copied with `copy.copy`, whose
-    probing recurses through their ``__getattr__``.)
-    """
-    copy = Config.__new__(Config)
-    copy.__dict__.update(vars(lazr))
-    return copy
-
-
-def _lay(lazr: Config, name: str, text: str) -> None:
-    """Push *text* on *lazr* as layer *name*, raising `ConfigurationError` for what lazr.config finds wrong.
-
-    lazr.config takes only ASCII text, recording anything else as an error
-    of the layer while keeping the values; mailman-mta takes any text, so
-    those errors are not ours (each key's type checks its value).
-    """
-    try:
-        lazr.push(name, text)
-    except OSError as error:
-        raise ConfigurationError(
-            f"config layer {name!r}: [meta] extends names {error.filename!r}, which cannot be read: {error.strerror}",
-            layer=name,
-            section="meta",
-            key="extends",
-        ) from None
-    except UnicodeDecodeError as error:
-        raise ConfigurationError(
-            f"config layer {name!r}: [meta] extends names a file that is not UTF-8 text (byte {error.start} is not)",
-            layer=name,
-            section="meta",
-            key="extends",
-        ) from None
-    try:
-        lazr.validate()
-    except ConfigErrors as error:
-        problems = [str(problem) for problem in error.errors if not isinstance(problem, UnicodeError)]
-        if problems:
-            raise ConfigurationError(f"config layer {name!r} is not valid: {'; '.join(problems)}", layer=name) from None
-
-
-def _unmet(requirement: Requirement, settings: Settings) -> str | None:
-    """The complaint about *requirement*, if the settings switch its feature on."""
-    value = settings[requirement.section][requirement.key]
-    if not requirement.met_by(value):
-        return None
-    shown = ("yes" if value else "no") if isinstance(value, bool) else str(value)
-    return requirement.describe(shown)
-
-
-def _lay_again(old: Config, new: Config) -> None:
-    """Push *old*'s layers onto *new*, whose schema plugins have changed.
-
-    Each lazr.config layer holds every section's effective values, so each
-    is laid again whole, under its name, keeping the sections *new*'s
-    schema has: those of a plugin no longer known are dropped.
-    """
-    schema = new.schema
-    for data in reversed(old.overlays[:-1]):
-        layer = configparser.RawConfigParser(interpolation=None)
-        layer.optionxform = str  # type: ignore[assignment,method-assign]
-        for section in data:
-            category, _, rest = section.name.partition(".")
-            if section.name in schema or (rest and f"{category}.master" in schema):
-                layer[section.name] = {key: section[key] for key in section.schema}
-        text = io.StringIO()
-        layer.write(text)
-        new.push(data.name, text.getvalue())
-
-
-def _parse_problem(error: configparser.Error) -> str:
-    """What configparser found wrong, without repeating the text of the line.
-
-    The line may hold a password (``smtp_pass s3cret``, with the colon
-    forgotten), so only its number, and the word it starts with, are shown.
-    """
-    if isinstance(error, configparser.MissingSectionHeaderError):
-        return f"line {error.lineno} comes before any [section] header"
-    if isinstance(error, configparser.ParsingError):
-        problems = []
-        for number, line in error.errors:
-            word = re.split(r"[\s:=]", str(line).strip("'\" "), maxsplit=1)[0]
-            problems.append(f"line {number} (starting {word!r}) is not 'key: value'")
-        return "; ".join(problems)
-    return error.message.splitlines()[0]
-
-
-class _Pin:
-    """The context manager `Configuration.pinned` returns (a class: it runs on every send)."""
-
-    __slots__ = ("config", "state", "previous")
-
-    def __init__(self, config: Configuration, state: _State | None) -> None:
-        self.config = config
-        self.state = state
-
-    def __enter__(self) -> Configuration:
-        config = self.config
-        pins = config._pins
-        self.previous = getattr(pins, "state", None)
-        if self.state is not None:
-            pins.state = self.state
-        elif self.previous is None:
-            pins.state = config._current()
-        return config
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.config._pins.state = self.previous
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f"; known: {', '.join(sorted(choices))}"
-
-
-#: The default configuration, used by every `Connection` given no other.
-config = Configuration()
