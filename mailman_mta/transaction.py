@@ -351,6 +351,15 @@ class Transaction:
             self._reading_group = False
             position = end
         assert mail is not None, "MAIL is always in the first group"
+        return self._data_invited(mail, data, accepted)
+
+    def _data_invited(self, mail: Reply, data: Reply | None, accepted: int) -> bool:
+        """After the commands: True if the message may follow; else the failure is recorded.
+
+        A server that answered DATA with 354 for a transaction it refused
+        is disconnected; one that refused it is told RSET.
+        """
+        channel = self.channel
         transaction_open = mail.code < 400 and accepted > 0
         if transaction_open and data is not None and data.code == 354:
             return True
