@@ -223,6 +223,8 @@ class Connection:
         self._exact = False
         #: What the open transport was opened with (see `_opening_terms`).
         self._opened_with: tuple[Any, ...] | None = None
+        #: (configuration state, `_opening_terms` in it), the last worked out.
+        self._terms: tuple[object, tuple[Any, ...]] | None = None
         #: (host, port) of the relay the open transport reached.
         self._relay: tuple[str, int] | None = None
         self._plugin_state: dict[object, dict[str, Any]] = {}
@@ -518,8 +520,18 @@ class Connection:
         return hooks.session_allowed(self)
 
     def _opening_terms(self, config: Configuration) -> tuple[Any, ...]:
-        """What a connection opened now would be opened with: the plugins, and the [mta] keys."""
-        return (config.opening_plugins, *(self.setting(key) for key in CONNECTION_KEYS))
+        """What a connection opened now would be opened with: the plugins, and the [mta] keys.
+
+        Asked before every send, so kept until the configuration's state
+        changes (this connection's own arguments never do).
+        """
+        token = config.state_token
+        cached = self._terms
+        if cached is not None and cached[0] is token:
+            return cached[1]
+        terms = (config.opening_plugins, *(self.setting(key) for key in CONNECTION_KEYS))
+        self._terms = (token, terms)
+        return terms
 
     def _send_with_one_retry(self, config: Configuration, hooks: Hooks, envelope: Envelope) -> TransactionResult:
         reused = self.transport is not None

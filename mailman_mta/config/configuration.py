@@ -420,6 +420,15 @@ class Configuration:
         return self._current().problem
 
     @property
+    def state_token(self) -> object:
+        """An object that is the same exactly while what the layers imply is the same.
+
+        For caches of values derived from the settings: compare it by
+        identity (the pinned state's, inside a send).
+        """
+        return self._current()
+
+    @property
     def opening_plugins(self) -> tuple[object, ...]:
         """The enabled plugins that open or authenticate connections."""
         return self._current().opening_plugins
