@@ -454,6 +454,7 @@ def test_square_brackets_are_printed_as_they_are(mta_smtpd):
     assert "│ [mta]" in table.output and "│ [plugin.smtp]" in table.output
 
 
+@pytest.mark.slow  # seconds of waiting: outside the inner loop
 def test_an_interrupted_send_says_who_got_it_and_exits_130(mta_smtpd, tmp_path, ctrl_c):
     """Ctrl-C while the second message is under way: the first went, the second may or may not."""
     first, second = tmp_path / "one.eml", tmp_path / "two.eml"

@@ -189,6 +189,7 @@ BEHAVIOURS: dict[str, bytes | None] = {
 }
 
 
+@pytest.mark.slow  # seconds of waiting: outside the inner loop
 @settings(
     max_examples=25,
     deadline=None,

@@ -335,6 +335,7 @@ greeting_codes = st.sampled_from([421, 450, 451, 454, 554])
 status_codes = st.sampled_from(["4.7.0 ", "4.7.1 ", "4.3.2 ", "5.7.1 ", ""])
 
 
+@pytest.mark.slow  # seconds of waiting: outside the inner loop
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     code=greeting_codes,

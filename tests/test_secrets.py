@@ -194,6 +194,7 @@ _AUTH_STEPS = st.sampled_from(
 )
 
 
+@pytest.mark.slow  # seconds of waiting: outside the inner loop
 @settings(max_examples=60, deadline=None)
 @given(
     mechanisms=st.lists(st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5"]), min_size=1, max_size=3, unique=True),
