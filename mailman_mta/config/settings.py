@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..schema import PLUGIN_CATEGORY
-
-log = logging.getLogger("mailman_mta.config")
 
 
 class SectionSettings(Mapping[str, Any]):
