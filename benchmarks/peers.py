@@ -4,6 +4,7 @@ A server in the client's process would share its interpreter lock and its
 CPU time, and the numbers would measure both.  So:
 
     python benchmarks/peers.py sink                      # aiosmtpd, discarding
+    python benchmarks/peers.py lockstep                  # the same, no PIPELINING
     python benchmarks/peers.py proxy PORT --delay 0.0015 # a relay further away
 
 Each prints ``listening on PORT`` once it is ready and runs until killed.
@@ -55,12 +56,14 @@ class Peer:
 # -- the aiosmtpd sink ------------------------------------------------------
 
 
-def run_sink() -> None:
+def run_sink(pipelining: bool = True) -> None:
     from aiosmtpd.controller import Controller
 
     class Discard:
         async def handle_EHLO(self, server, session, envelope, hostname, responses):
             session.host_name = hostname
+            if not pipelining:
+                return responses
             return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
         async def handle_DATA(self, server, session, envelope):
@@ -141,12 +144,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sink", help="aiosmtpd accepting and discarding everything, offering PIPELINING")
+    commands.add_parser("lockstep", help="the same sink without PIPELINING, as aiosmtpd is by default")
     proxy = commands.add_parser("proxy", help="forward to 127.0.0.1:PORT, delaying each direction")
     proxy.add_argument("port", type=int)
     proxy.add_argument("--delay", type=float, default=0.0015, help="seconds each way (default 0.0015: 3 ms RTT)")
     arguments = parser.parse_args()
-    if arguments.command == "sink":
-        run_sink()
+    if arguments.command in ("sink", "lockstep"):
+        run_sink(pipelining=arguments.command == "sink")
     else:
         asyncio.run(_proxy(arguments.port, arguments.delay))
 

@@ -43,7 +43,7 @@ _EXPORTS = {
     "Envelope": "envelope",
     "Verdict": "envelope",
     "Route": "routes",
-    "TransactionResult": "transaction",
+    "TransactionResult": "smtp.transaction",
     "Secret": "secret",
     "IConnection": "interfaces",
     "ITransport": "interfaces",
@@ -124,4 +124,4 @@ if TYPE_CHECKING:
     from .results import DeliveryResult, Failure
     from .routes import Route
     from .secret import Secret
-    from .transaction import TransactionResult
+    from .smtp.transaction import TransactionResult

@@ -25,11 +25,10 @@ import smtplib
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from zope.interface import implementer
 
-from . import esmtp, tls
 from .config import Configuration
 from .config import config as default_config
 from .envelope import Envelope, MessageInput
@@ -44,11 +43,12 @@ from .errors import (
 )
 from .hooks import Hooks
 from .interfaces import IConnection, IMessageTransactions, ITransport
-from .replies import Reply
 from .routes import Route
 from .secret import Secret
-from .transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
-from .transport import is_closed, timeout_at_most
+from .smtp import esmtp, tls
+from .smtp.replies import Reply
+from .smtp.transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
+from .smtp.transport import is_closed, timeout_at_most
 
 log = logging.getLogger("mailman_mta.connection")
 
@@ -570,7 +570,7 @@ class Connection:
             relay, session = self._relay, self.session_count + 1
             ours = self._exact
             if ours:
-                result = IMessageTransactions(transport).transact(
+                result = cast(IMessageTransactions, transport).transact(
                     envelope, pipelining=self.setting("pipelining"), deadline=self.transaction_deadline(envelope)
                 )
             else:
@@ -602,9 +602,9 @@ class Connection:
         result, nor keep the others from seeing it.
         """
         config = self.config
-        implementations = config.hook.mta_delivery_result.get_hookimpls()
-        if not implementations:
+        if not config.hooks.implemented("mta_delivery_result"):
             return
+        implementations = config.hook.mta_delivery_result.get_hookimpls()
         arguments = dict(
             config=config, connection=self, envelope=envelope, refused=result.refused, error=result.error, result=result
         )

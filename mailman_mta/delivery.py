@@ -35,7 +35,7 @@ from .errors import DeliveryInterrupted, EnvelopeError, MTAError
 from .pool import ConnectionPool
 from .results import CONNECTION_LOST, DeliveryResult, Failure, ending_failure, failure_of, failures_of
 from .routes import Route
-from .transaction import TransactionResult
+from .smtp.transaction import TransactionResult
 
 log = logging.getLogger("mailman_mta.delivery")
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .interfaces import IConnection, ITransport
     from .routes import Route
     from .schema import PluginSchema
-    from .transaction import TransactionResult
+    from .smtp.transaction import TransactionResult
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 

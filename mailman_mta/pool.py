@@ -24,11 +24,11 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import transport
 from .connection import Connection
 from .envelope import Envelope
 from .results import reply_text
-from .transaction import TransactionResult
+from .smtp import transport
+from .smtp.transaction import TransactionResult
 
 log = logging.getLogger("mailman_mta.pool")
 

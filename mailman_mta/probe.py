@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from .connection import Connection
-from .transport import tls_facts
+from .smtp.transport import tls_facts
 
 
 @dataclass

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ConfigurationError, SMTPProtocolError, TLSError, VERPError
-from .replies import Reply
-from .transaction import DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
+from .smtp.replies import Reply
+from .smtp.transaction import DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
 
 #: The code for "no usable answer" (not an SMTP reply code).
 CONNECTION_LOST = 444

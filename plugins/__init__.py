@@ -12,7 +12,7 @@ modules, and ``mailman-mta plugins`` prints it.
 #: The first six are on by default (``schema.cfg``); the others are off
 #: until a layer enables them.
 BUILTIN_PLUGINS: dict[str, str] = {
-    "smtp": "opens connections with mailman_mta.transport (mta_create_transport)",
+    "smtp": "opens connections with mailman_mta.smtp.transport (mta_create_transport)",
     "sessions": "replaces a connection after its session-count or age limit (mta_session_allowed)",
     "liveness": "replaces connections the server dropped or left idle (mta_session_allowed)",
     "auth": "SMTP AUTH with [mta] smtp_user and smtp_pass (mta_authenticate)",

@@ -30,7 +30,7 @@ import time
 
 from mailman_mta import hookimpl
 from mailman_mta.errors import ConfigurationError, MTAConnectionError, TLSError
-from mailman_mta.transport import connect
+from mailman_mta.smtp.transport import connect
 from mailman_mta.values import as_host_port_list, as_seconds
 
 log = logging.getLogger("mailman_mta.relays")

@@ -19,7 +19,7 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
             str(ROOT / "benchmarks" / "run.py"),
             "--quick",
             "--peers",
-            "sink,3 ms",
+            "sink,lock-step,3 ms",
             "--json",
             str(tmp_path / "results.json"),
             "--chart",
@@ -42,6 +42,9 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
     assert "| sink | 50 | mailman-mta Connection, pipelining |" in result.stdout
     assert "| goal (ratio to the baseline in this run) |" in result.stdout
     assert "| VERP, one post to 40 members, 3 ms away: 4 connections >= 3x one" in result.stdout
+    assert "| lock-step | 1 | mailman-mta Connection, pipelining |" in result.stdout
+    assert "mailman-mta Connection, pipelining, 1 rcpt, lock-step: msg/s >= 0.95x" in result.stdout
+    assert "| VERP, client CPU per copy <= 0.8x an smtplib loop rewriting the sender, sink" in result.stdout
 
 
 @pytest.mark.celery

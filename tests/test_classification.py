@@ -23,7 +23,7 @@ from mailman_mta.errors import (
     UnsendableMessageError,
 )
 from mailman_mta.results import failure_of, judge_reply
-from mailman_mta.transaction import DATA, END_OF_DATA, MAIL, RCPT
+from mailman_mta.smtp.transaction import DATA, END_OF_DATA, MAIL, RCPT
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "failures.rst"
 STAGES = {

@@ -18,8 +18,8 @@ from mailman_mta.envelope import Envelope
 from mailman_mta.errors import EnvelopeError, TLSError
 from mailman_mta.interfaces import IConfiguration, IConnection, ITransport
 from mailman_mta.secret import Secret
+from mailman_mta.smtp.transport import SMTPTransport
 from mailman_mta.testing import CountingSMTPServer
-from mailman_mta.transport import SMTPTransport
 
 MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
 

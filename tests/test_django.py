@@ -156,7 +156,7 @@ def test_a_client_certificate_is_loaded_into_a_context_of_its_own(tmp_path):
         backend = EmailBackend()
     context = backend.ssl_context
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    from mailman_mta import tls
+    from mailman_mta.smtp import tls
 
     assert context is not tls.client_context()
     with override_settings(EMAIL_SSL_CERTFILE=str(tmp_path / "missing.pem")):

@@ -19,8 +19,8 @@ from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import crlf, message_bytes
 from mailman_mta.errors import EnvelopeError
+from mailman_mta.smtp.transaction import data_segments
 from mailman_mta.testing import ScriptedSMTPServer
-from mailman_mta.transaction import data_segments
 
 MESSAGE = b"Subject: hi\r\n\r\nHello\r\n"
 

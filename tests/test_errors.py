@@ -27,7 +27,7 @@ from mailman_mta.errors import (
     UnsendableMessageError,
     VERPError,
 )
-from mailman_mta.transport import SMTPTransport
+from mailman_mta.smtp.transport import SMTPTransport
 
 BASES = {
     MTAError: (Exception,),

@@ -374,7 +374,7 @@ def test_a_plugin_that_raises_while_preparing_fails_only_its_transaction(mta_con
 
 
 def test_a_host_the_resolver_cannot_take_is_a_connection_error():
-    from mailman_mta.transport import SMTPTransport
+    from mailman_mta.smtp.transport import SMTPTransport
 
     for host in ("x" * 64 + ".example.com", "bad\0host"):
         with pytest.raises(MTAConnectionError, match="cannot connect to"):

@@ -40,8 +40,8 @@ from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import Envelope
 from mailman_mta.errors import EnvelopeError, SMTPTimeoutError
 from mailman_mta.manager import registry
-from mailman_mta.replies import KEPT_OCTETS
 from mailman_mta.results import PROTOCOL_CODES, failures_of
+from mailman_mta.smtp.replies import KEPT_OCTETS
 from mailman_mta.testing import Action, ScriptedSMTPServer
 from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS
 

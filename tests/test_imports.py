@@ -6,6 +6,7 @@ first, shows up here rather than in a user's program.
 
 from __future__ import annotations
 
+import importlib
 import pkgutil
 import subprocess
 import sys
@@ -89,3 +90,11 @@ def test_importing_the_package_imports_none_of_it():
     code = "import sys, mailman_mta; print(sorted(m for m in sys.modules if m.startswith('mailman_mta.')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_smtp_layer_keeps_its_old_module_names():
+    """The modules moved into `mailman_mta.smtp` keep their old names, as the same module objects."""
+    for name in ("replies", "transaction", "transport", "esmtp", "tls"):
+        moved = importlib.import_module(f"mailman_mta.smtp.{name}")
+        assert importlib.import_module(f"mailman_mta.{name}") is moved
+        assert getattr(importlib.import_module("mailman_mta"), name) is moved

@@ -11,8 +11,8 @@ from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.errors import ConfigurationError
 from mailman_mta.manager import registry
+from mailman_mta.smtp.transport import SMTPTransport, connect
 from mailman_mta.testing import CountingSMTPServer
-from mailman_mta.transport import SMTPTransport, connect
 
 MESSAGE = "From: anne@example.com\nTo: bart@example.com\nSubject: test\n\nHello\n"
 

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailman_mta.errors import SMTPProtocolError, SMTPTimeoutError
-from mailman_mta.replies import MAX_LINE_OCTETS, MAX_REPLY_OCTETS, Reply, ReplyReader
+from mailman_mta.smtp.replies import MAX_LINE_OCTETS, MAX_REPLY_OCTETS, Reply, ReplyReader
 
 
 @pytest.fixture
@@ -256,7 +256,7 @@ def test_a_line_is_read_the_same_whole_or_in_pieces(line, ending):
 
 
 def test_what_is_kept_of_a_reply_is_bounded_and_says_what_was_cut():
-    from mailman_mta.replies import KEPT_OCTETS
+    from mailman_mta.smtp.replies import KEPT_OCTETS
 
     short = Reply(550, (b"5.1.1 No such user",))
     assert short.kept() is short
@@ -273,7 +273,7 @@ def test_a_relay_refusing_every_recipient_at_length_leaves_a_small_result():
     """Raw bytes: 300 RCPTs, each refused with a 60 KB reply; the result keeps about 1 KB of each."""
     from mailman_mta.connection import Connection
     from mailman_mta.delivery import Delivery
-    from mailman_mta.replies import KEPT_OCTETS
+    from mailman_mta.smtp.replies import KEPT_OCTETS
     from mailman_mta.testing.scripted import Action, ScriptedSMTPServer
 
     long_reply = b"".join(b"550-5.1.1 " + b"z" * 990 + b"\r\n" for _ in range(59)) + b"550 5.1.1 gone\r\n"

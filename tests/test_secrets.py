@@ -18,9 +18,9 @@ from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.errors import ConfigurationError
 from mailman_mta.secret import Secret
+from mailman_mta.smtp.transport import _Credentials
 from mailman_mta.testing import Action, ScriptedSMTPServer
 from mailman_mta.testing.scripted import DEFAULT_EXTENSIONS
-from mailman_mta.transport import _Credentials
 
 PASSWORD = "s3cr3t-Pa55word"
 FORMS = [

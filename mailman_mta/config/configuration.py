@@ -55,6 +55,8 @@ class _State:
     #: (section, key) -> the text each followed key took, where no layer
     #: of ours set it.
     followed: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: The typed hook caller for this state, made on first use.
+    hooks: Hooks | None = field(default=None, compare=False)
 
 
 #: Per plugin registry, the schema its plugins declared (see `Configuration._collect_schema`).
@@ -313,7 +315,12 @@ class Configuration:
     @property
     def hooks(self) -> Hooks:
         """The enabled plugins' hooks as typed methods (see `mailman_mta.hooks`)."""
-        return Hooks(self, self._current().manager.hook)
+        state = self._current()
+        hooks = state.hooks
+        if hooks is None:
+            hooks = Hooks(self, state.manager.hook)
+            object.__setattr__(state, "hooks", hooks)
+        return hooks
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:

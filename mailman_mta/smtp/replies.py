@@ -1,0 +1,298 @@
+"""SMTP replies, read from the server within a time and size budget.
+
+A relay we do not control decides how long and how large its replies are.
+`ReplyReader` refuses to let it decide for us:
+
+- **time**: the socket's timeout when a read starts is the budget for the
+  *whole* reply, every line of it, however the bytes trickle in (a server
+  sending one byte a second does not reset the clock with each byte);
+- **size**: a line longer than `MAX_LINE_OCTETS` or a reply larger than
+  `MAX_REPLY_OCTETS` is refused as soon as it is seen, without buffering
+  the rest, so memory stays flat whatever the server sends;
+- **syntax** (RFC 5321 section 4.2): three digits whose first is 2 to 5,
+  then a space, a hyphen (more lines follow) or the end of the line, and
+  the same code on every line of a multi-line reply.
+
+Anything else raises `mailman_mta.errors.SMTPProtocolError`: after a reply
+we cannot understand, nothing more the server says can be trusted to line
+up with our commands, so the connection is closed and the failure counts
+as temporary, never as the server's verdict on a recipient.  Replies are
+kept as bytes, and the text after the code is joined with newlines, as
+`smtplib` does, so code written for `smtplib` keeps working.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+from ..errors import SMTPProtocolError, SMTPTimeoutError
+
+#: The longest reply line accepted, CRLF included.  RFC 5321 4.5.3.1.5
+#: allows 512 octets; real servers sometimes exceed that a little, so this
+#: is eight times as much.
+MAX_LINE_OCTETS = 4096
+
+#: The largest whole reply accepted.  A rich EHLO reply is about 300 octets.
+MAX_REPLY_OCTETS = 64 * 1024
+
+#: The most of a reply's text kept for a recipient (see `Reply.kept`).  A
+#: result holds one reply per refused recipient: a relay that answers
+#: 2,000 RCPTs with 64 KB each must not make a post's result weigh 128 MB.
+KEPT_OCTETS = 1024
+
+_RECV_OCTETS = 64 * 1024
+
+# The usual case, a whole one-line reply already buffered, in one match.
+_ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
+
+
+class Reply(NamedTuple):
+    """One SMTP reply: its code and the text of its lines (without the code)."""
+
+    code: int
+    lines: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, code: int, text: bytes | str) -> Reply:
+        """The reply smtplib reports as (*code*, *text*)."""
+        if isinstance(text, str):
+            text = text.encode("utf-8", "replace")
+        return cls(code, tuple(text.split(b"\n")))
+
+    @property
+    def text(self) -> bytes:
+        """The lines joined with newlines: what `smtplib` returns as the message."""
+        return b"\n".join(self.lines)
+
+    def kept(self) -> Reply:
+        """This reply, its text cut to `KEPT_OCTETS` (saying how much was cut), to be kept in a result."""
+        lines = self.lines
+        if len(lines) == 1 and len(lines[0]) <= KEPT_OCTETS:
+            return self  # the usual case, once per recipient
+        size = sum(len(line) + 1 for line in lines) - 1
+        if size <= KEPT_OCTETS:
+            return self
+        cut: list[bytes] = []
+        room = KEPT_OCTETS
+        for line in lines:
+            if len(line) >= room:
+                cut.append(line[:room])
+                break
+            cut.append(line)
+            room -= len(line) + 1
+        kept = sum(len(line) + 1 for line in cut) - 1
+        cut[-1] += f" [{size - kept} more octets not kept]".encode()
+        return Reply(self.code, tuple(cut))
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text.decode('utf-8', 'replace')}".rstrip()
+
+    def wire_lines(self) -> list[str]:
+        """The reply as the server wrote it: ``250-first``, ..., ``250 last`` (for transcripts)."""
+        texts = [line.decode("utf-8", "replace") for line in self.lines]
+        return [f"{self.code}-{text}" for text in texts[:-1]] + [f"{self.code} {texts[-1]}".rstrip()]
+
+
+class ReplyReader:
+    """Reads replies from one socket; see the module docstring.
+
+    :param sock: a connected socket (plain or TLS).
+    :param where: ``host:port``, for error messages.
+    :param mask: applied to each reply's text before anyone sees it, to
+        hide credentials a server echoes back.
+
+    Bytes that arrive beyond the reply being read stay buffered for the
+    next one: that is how pipelined replies arrive.
+    """
+
+    def __init__(self, sock: socket.socket, where: str, mask: Callable[[bytes], bytes] | None = None) -> None:
+        self.sock = sock
+        self.where = where
+        self.mask = mask
+        self._buffer = bytearray()
+        #: When waiting for the current reply began; None before any wait.
+        self._started: float | None = None
+        #: The socket's own timeout, while it is shortened to what is left.
+        self._budget: float | None = None
+        self._shortened = False
+        #: When (`time.monotonic`) the transaction under way must be over,
+        #: and how long it was given: every reply ends by then too.
+        self.deadline: float | None = None
+        self.deadline_seconds = 0.0
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet read as part of a reply."""
+        return len(self._buffer)
+
+    def read(self, command: str) -> Reply:
+        """Read one complete reply, the one awaited for *command*.
+
+        Raises `SMTPTimeoutError` when the whole reply has not arrived
+        within the socket's timeout, `smtplib.SMTPServerDisconnected` when
+        the server closes the connection first, and `SMTPProtocolError`
+        for a reply that is not SMTP or is too large.
+        """
+        buffer = self._buffer
+        self._started = None
+        try:
+            quick = self._one_line_at(0) if buffer else None
+            if quick is None and buffer.find(b"\n") < 0 and len(buffer) < MAX_LINE_OCTETS:
+                self._receive(command)
+                quick = self._one_line_at(0)
+            if quick is not None:
+                reply, end = quick
+                del buffer[:end]
+                return reply
+            return self._read_lines(command)
+        finally:
+            if self._shortened:
+                self._shortened = False
+                self.sock.settimeout(self._budget)
+
+    def read_many(self, commands: Sequence[str]) -> Iterator[Reply]:
+        """The replies to *commands*, in order, each as soon as it is read.
+
+        Stops after a 421, since the server closes the connection then and
+        sends nothing more.  A reply read before a failure is never lost:
+        it has been handed out already.
+        """
+        done = 0
+        while done < len(commands):
+            replies = self._buffered_replies(len(commands) - done) or [self.read(commands[done])]
+            for reply in replies:
+                yield reply
+                if reply.code == 421:
+                    return
+            done += len(replies)
+
+    def _buffered_replies(self, most: int) -> list[Reply]:
+        """Up to *most* one-line replies that are already buffered, parsed in one pass."""
+        replies: list[Reply] = []
+        position = 0
+        while len(replies) < most:
+            quick = self._one_line_at(position)
+            if quick is None:
+                break
+            reply, position = quick
+            replies.append(reply)
+            if reply.code == 421:
+                break
+        del self._buffer[:position]
+        return replies
+
+    def _one_line_at(self, position: int) -> tuple[Reply, int] | None:
+        """The whole one-line reply buffered at *position*, and where it ends; or None."""
+        match = _ONE_LINE.match(self._buffer, position)
+        if match is None:
+            return None
+        end = match.end()
+        if end - position > MAX_LINE_OCTETS:
+            return None
+        text = match[2]
+        text = text.strip(b" \t") if text else b""
+        return Reply(int(match[1]), (text if self.mask is None else self.mask(text),)), end
+
+    def _read_lines(self, command: str) -> Reply:
+        """The general case: several lines, or lines that arrive in pieces."""
+        code = None
+        lines = []
+        total = 0
+        while True:
+            line = self._line(command)
+            total += len(line) + 2
+            if total > MAX_REPLY_OCTETS:
+                raise SMTPProtocolError(f"{self.where} sent a reply to {command} larger than {MAX_REPLY_OCTETS} octets")
+            this_code, more, text = self._parse(line, command)
+            if code is None:
+                code = this_code
+            elif this_code != code:
+                raise SMTPProtocolError(
+                    f"{self.where} sent a multi-line reply to {command} whose lines "
+                    f"disagree on the code ({code} then {this_code})"
+                )
+            lines.append(text if self.mask is None else self.mask(text))
+            if not more:
+                return Reply(code, tuple(lines))
+
+    def _line(self, command: str) -> bytes:
+        """The next line, without its line ending (CRLF, or a bare LF)."""
+        buffer = self._buffer
+        scanned = 0
+        while True:
+            end = buffer.find(b"\n", scanned)
+            if end >= 0:
+                if end + 1 > MAX_LINE_OCTETS:
+                    break
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(buffer) >= MAX_LINE_OCTETS:
+                break
+            scanned = len(buffer)
+            self._receive(command)
+        raise SMTPProtocolError(f"{self.where} sent a reply line to {command} longer than {MAX_LINE_OCTETS} octets")
+
+    def _receive(self, command: str) -> None:
+        """Wait for more bytes, within what is left of the reply's time.
+
+        The first wait for a reply gets the socket's whole timeout, as set;
+        later ones only what is left of it, so the socket's timeout is
+        shortened until the reply is complete.
+        """
+        sock = self.sock
+        now = time.monotonic()
+        first = self._started is None
+        if first:
+            self._started = now
+            self._budget = sock.gettimeout()
+        started = self._started
+        assert started is not None, "set above"
+        remaining = None if self._budget is None else started + self._budget - now
+        past_deadline = False
+        if self.deadline is not None and (remaining is None or self.deadline - now < remaining):
+            remaining, past_deadline = self.deadline - now, True
+        if remaining is not None and (past_deadline or not first):
+            if remaining <= 0:
+                raise self._timed_out(command, past_deadline)
+            sock.settimeout(remaining)
+            self._shortened = True
+        try:
+            chunk = sock.recv(_RECV_OCTETS)
+        except TimeoutError:
+            raise self._timed_out(command, past_deadline) from None
+        except OSError as error:
+            raise smtplib.SMTPServerDisconnected(
+                f"{self.where} closed the connection while waiting for the reply to {command} ({error})"
+            ) from error
+        if not chunk:
+            raise smtplib.SMTPServerDisconnected(
+                f"{self.where} closed the connection while waiting for the reply to {command}"
+            )
+        self._buffer += chunk
+
+    def _timed_out(self, command: str, past_deadline: bool = False) -> SMTPTimeoutError:
+        if past_deadline:
+            return self.past_deadline(f"waiting for the reply to {command}")
+        return SMTPTimeoutError(f"{self.where} did not answer {command} within {self._budget:g} s")
+
+    def past_deadline(self, doing: str) -> SMTPTimeoutError:
+        """The error for a transaction that ran out of its time while *doing* something."""
+        return SMTPTimeoutError(
+            f"{self.where}: the transaction did not end within its {self.deadline_seconds:g} s "
+            f"([mta] transaction_timeout), {doing}"
+        )
+
+    def _parse(self, line: bytes, command: str) -> tuple[int, bool, bytes]:
+        """(code, more lines follow, text) of one reply line, or raise."""
+        head = line[:3]
+        separator = line[3:4]
+        if len(head) == 3 and head.isdigit() and head[:1] in b"2345" and separator in (b"", b" ", b"-"):
+            return int(head), separator == b"-", line[4:].strip(b" \t")
+        shown = line[:60].decode("ascii", "backslashreplace")
+        raise SMTPProtocolError(f"{self.where} sent a reply to {command} that is not SMTP: {shown!r}")
