@@ -46,8 +46,8 @@ from .interfaces import IConnection, IMessageTransactions, ITransport
 from .routes import Route
 from .secret import Secret
 from .smtp import esmtp, tls
-from .smtp.replies import Reply
-from .smtp.transaction import BEFORE, DATA, END_OF_DATA, MAIL, RCPT, TransactionResult
+from .smtp.foreign import foreign_transaction
+from .smtp.transaction import BEFORE, END_OF_DATA, TransactionResult
 from .smtp.transport import is_closed, timeout_at_most
 
 log = logging.getLogger("mailman_mta.connection")
@@ -108,40 +108,6 @@ def retryable(result: TransactionResult) -> bool:
         # that could not be opened is no dropped one.
         return False
     return isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError))
-
-
-def _foreign_transaction(transport: Any, envelope: Envelope) -> TransactionResult:
-    """Run a transaction through a transport without `IMessageTransactions`.
-
-    Its ``sendmail`` answers as smtplib does, which is all we can report.
-    """
-    transport.ehlo_or_helo_if_needed()
-    options = esmtp.mail_options(envelope, transport)
-    sender, recipients = envelope.sender, tuple(envelope.recipients)
-    if hasattr(transport, "message_data_sent"):
-        transport.message_data_sent = False
-    try:
-        refused = transport.sendmail(sender, list(recipients), envelope.message, options, envelope.rcpt_options)
-    except smtplib.SMTPRecipientsRefused as error:
-        replies = [Reply.of(*error.recipients[r]) if r in error.recipients else None for r in recipients]
-        return TransactionResult(sender, recipients, replies, error=error, stage=RCPT)
-    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
-        stage = MAIL if isinstance(error, smtplib.SMTPSenderRefused) else DATA
-        result = TransactionResult(
-            sender, recipients, error=error, stage=stage, reply=Reply.of(error.smtp_code, error.smtp_error)
-        )
-        result.data_sent = stage == DATA and getattr(transport, "message_data_sent", True)
-        return result
-    except (smtplib.SMTPException, OSError) as error:
-        # Without a way to tell, a message that may have gone out whole is
-        # reported as "may have arrived", and never sent again.
-        data_sent = getattr(transport, "message_data_sent", True)
-        return TransactionResult.failed(
-            sender, recipients, error, stage=END_OF_DATA if data_sent else MAIL, data_sent=data_sent
-        )
-    accepted = Reply(250, (b"",))
-    replies = [Reply.of(*refused[r]) if r in refused else accepted for r in recipients]
-    return TransactionResult(sender, recipients, replies)
 
 
 @implementer(IConnection)
@@ -574,7 +540,7 @@ class Connection:
                     envelope, pipelining=self.setting("pipelining"), deadline=self.transaction_deadline(envelope)
                 )
             else:
-                result = _foreign_transaction(transport, envelope)
+                result = foreign_transaction(transport, envelope)
         except (UnsendableMessageError, EnvelopeError) as error:
             # Refused before MAIL FROM: the connection is as good as before.
             result = TransactionResult.failed(envelope.sender, envelope.recipients, error)

@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -73,26 +74,8 @@ def demo(
             + (f"max_connections: {connections}\n" if connections else ""),
         )
         connection = Connection(sessions_per_connection=sessions_per_connection, config=config)
-        accepted = refused = transactions = 0
-        batch = (
-            (
-                "list-bounces@example.com",
-                addresses,
-                f"From: list@example.com\nTo: members@example.com\nSubject: post {number}\n\nHello from mailman-mta.\n",
-            )
-            for number in range(posts)
-        )
         started = time.perf_counter()
-        with (
-            Delivery(connection) as delivery,
-            Progress(console=console, transient=True, disable=not console.is_terminal) as progress,
-        ):
-            task = progress.add_task("sending", total=posts)
-            for result in delivery.deliver_many(batch):
-                accepted += len(result.accepted)
-                refused += len(result.refused)
-                transactions += result.transactions
-                progress.advance(task)
+        accepted, refused, transactions = _send_posts(console, connection, posts, addresses)
         elapsed = time.perf_counter() - started
         arrived = server.received
         delivered = sum(len(message.rcpt_tos) for message in arrived)
@@ -119,3 +102,27 @@ def demo(
     if delivered != accepted or accepted + refused != posts * members:
         console.print("Not everything sent arrived.", style="red")
         sys.exit(EXIT_PERMANENT)
+
+
+def _send_posts(console: Console, connection: Connection, posts: int, addresses: list[str]) -> tuple[int, int, int]:
+    """Send *posts* posts to *addresses* with a progress bar; (accepted, refused, transactions)."""
+    accepted = refused = transactions = 0
+    batch = (
+        (
+            "list-bounces@example.com",
+            addresses,
+            f"From: list@example.com\nTo: members@example.com\nSubject: post {number}\n\nHello from mailman-mta.\n",
+        )
+        for number in range(posts)
+    )
+    with (
+        Delivery(connection) as delivery,
+        Progress(console=console, transient=True, disable=not console.is_terminal) as progress,
+    ):
+        task = progress.add_task("sending", total=posts)
+        for result in delivery.deliver_many(batch):
+            accepted += len(result.accepted)
+            refused += len(result.refused)
+            transactions += result.transactions
+            progress.advance(task)
+    return accepted, refused, transactions

@@ -84,65 +84,86 @@ def sink(
     """
     from ..testing import CountingSMTPServer
 
-    arrivals: queue.Queue = queue.Queue()
-    console = invocation.console
-    directory = Path(save_dir) if save_dir else None
-    if directory is not None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            # Not "try again later": nothing changes until someone acts.
-            raise CommandError(
-                f"cannot create the --save-dir folder {str(directory)!r}: {error.strerror}", EXIT_CANTCREAT
-            ) from None
-    numbers = itertools.count(1)
-
-    def arrive(message: Any) -> str | None:
-        """Save the message (in the server's thread, before it is answered), and queue it to be printed."""
-        number = next(numbers)
-        path = None
-        if directory is not None:
-            path = directory / f"{number:04d}.eml"
-            envelope = f"X-MailFrom: {message.mail_from}\r\nX-RcptTo: {', '.join(message.rcpt_tos)}\r\n".encode()
-            try:
-                path.write_bytes(envelope + message.content)
-            except OSError as error:
-                arrivals.put((number, message, error))
-                return f"451 4.3.0 The sink could not save the message: {error.strerror}"
-        arrivals.put((number, message, path))
-        return None
-
+    arrivals = _Arrivals(_folder(save_dir))
     with invocation.reporting():
-        server = CountingSMTPServer(host, port, credentials=None, on_message=arrive)
+        server = CountingSMTPServer(host, port, credentials=None, on_message=arrivals)
         for pattern in patterns:
             server.refuse_matching(pattern)
         server.misbehave_at_random(fail_rate=fail_rate, drop_rate=drop_rate, seed=seed)
         server.start()
+    invocation.console.print(f"listening on {server.hostname}:{server.port}", soft_wrap=True)
+    try:
+        received = _print_arrivals(invocation, server, arrivals, count, seconds)
+    finally:
+        server.stop()
+    invocation.console.print(f"received {received} message(s) over {server.get_connection_count()} connection(s)")
+
+
+def _folder(save_dir: str | None) -> Path | None:
+    """The --save-dir folder, created if need be."""
+    if not save_dir:
+        return None
+    directory = Path(save_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        # Not "try again later": nothing changes until someone acts.
+        raise CommandError(
+            f"cannot create the --save-dir folder {str(directory)!r}: {error.strerror}", EXIT_CANTCREAT
+        ) from None
+    return directory
+
+
+class _Arrivals:
+    """The server's ``on_message``: saves each message, in the server's thread
+    before it is answered, and queues it to be printed."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.queue: queue.Queue = queue.Queue()
+        self._numbers = itertools.count(1)
+
+    def __call__(self, message: Any) -> str | None:
+        number = next(self._numbers)
+        path = None
+        if self.directory is not None:
+            path = self.directory / f"{number:04d}.eml"
+            envelope = f"X-MailFrom: {message.mail_from}\r\nX-RcptTo: {', '.join(message.rcpt_tos)}\r\n".encode()
+            try:
+                path.write_bytes(envelope + message.content)
+            except OSError as error:
+                self.queue.put((number, message, error))
+                return f"451 4.3.0 The sink could not save the message: {error.strerror}"
+        self.queue.put((number, message, path))
+        return None
+
+
+def _print_arrivals(
+    invocation: Invocation, server: Any, arrivals: _Arrivals, count: int | None, seconds: float | None
+) -> int:
+    """Print messages as they arrive, until *count* of them, *seconds* or Ctrl-C; how many arrived."""
     deadline = time.monotonic() + seconds if seconds else None
     received = 0
-    console.print(f"listening on {server.hostname}:{server.port}", soft_wrap=True)
     try:
         while count is None or received < count:
             wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
             if wait <= 0:
                 break
             try:
-                number, message, saved = arrivals.get(timeout=wait)
+                number, message, saved = arrivals.queue.get(timeout=wait)
             except queue.Empty:
                 continue
             if isinstance(saved, OSError):
                 invocation.errors.print(
-                    f"#{number} refused with 451: it cannot be saved in {str(directory)!r}: {saved.strerror}",
+                    f"#{number} refused with 451: it cannot be saved in {str(arrivals.directory)!r}: {saved.strerror}",
                     soft_wrap=True,
                 )
                 continue
             received += 1
-            _print_arrival(console, number, message, server.get_connection_count(), saved)
+            _print_arrival(invocation.console, number, message, server.get_connection_count(), saved)
     except KeyboardInterrupt:
         pass
-    finally:
-        server.stop()
-    console.print(f"received {received} message(s) over {server.get_connection_count()} connection(s)")
+    return received
 
 
 #: Recipients of one message listed by `sink` before "and N more".

@@ -5,6 +5,8 @@
   in lock-step, and its per-recipient result;
 - `esmtp`: the ESMTP parameters a message needs from the server's offer;
 - `tls`: TLS contexts built from the ``[mta]`` settings;
+- `foreign`: a transaction through a plugin's transport that has only
+  smtplib's ``sendmail``;
 - `transport`: the connection itself (socket, EHLO, STARTTLS, AUTH), and
   the helpers everyone else uses to look at a transport.
 

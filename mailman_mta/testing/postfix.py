@@ -222,6 +222,12 @@ class PostfixTestbed:
     # -- internals -------------------------------------------------------
 
     def _configure(self) -> None:
+        """Write this Postfix's folders, certificates, SASL database, main.cf and master.cf.
+
+        Longer than most functions on purpose: it is one Postfix
+        configuration, read top to bottom as postconf(5) would be, and the
+        paths, ports and switches in it must agree with each other.
+        """
         import trustme
 
         base = self.base
