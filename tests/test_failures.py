@@ -203,6 +203,20 @@ def test_a_connection_the_server_dropped_is_replaced_transparently(mta_smtpd, ca
     assert "dropped a reused connection" not in caplog.text, "liveness should have caught it, not the retry"
 
 
+def test_a_drop_right_after_a_transaction_is_sent_once_on_a_new_connection(mta_smtpd):
+    # Within liveness.RECENT_SECONDS of a transaction the socket is not
+    # polled; whichever of the check and the retry meets the drop, the
+    # message goes out once, on a new connection.
+    connection = connect(mta_smtpd)
+    for _ in range(5):
+        connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE)
+        mta_smtpd.drop_connections()
+    assert connection.sendmail("anne@example.com", RECIPIENTS, MESSAGE) == {}
+    connection.quit()
+    assert len(mta_smtpd.received) == 6
+    assert connection.connection_count == 6
+
+
 def test_a_drop_after_the_check_is_retried_once_before_any_data(mta_config, mta_smtpd, mta_layers, caplog):
     caplog.set_level(logging.INFO, logger="mailman_mta")
     # With the liveness plugin off, nothing notices the drop until MAIL FROM.
