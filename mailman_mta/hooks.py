@@ -6,14 +6,17 @@ the hooks through `Hooks` instead, one method per hook with the spec's
 arguments (``config`` is filled in), so mypy checks every call site, and
 the "what do the answers mean" rules live in one place: any False from
 `mta_session_allowed` wins, the longest pace is waited for, and hooks
-nobody implements cost no call.  Get one from `Configuration.hooks`: there
+nobody implements cost nothing.  Get one from `Configuration.hooks`: there
 is one per configuration state, since a state's plugins never change.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import pluggy
 
 if TYPE_CHECKING:
     from .config import Configuration
@@ -23,21 +26,56 @@ if TYPE_CHECKING:
 
 
 class Hooks:
-    """The enabled plugins' hooks, for one configuration state (the pinned one, in a send)."""
+    """The enabled plugins' hooks, for one configuration state (the pinned one, in a send).
 
-    __slots__ = ("config", "_relay", "_implemented")
+    The hooks called for every message are called here directly, in
+    pluggy's order and with pluggy's rules (each implementation gets the
+    arguments it names; the answers that are not None, in call order; an
+    exception stops the call), which costs a few microseconds less per
+    message than pluggy's general machinery.  pluggy itself calls them
+    whenever that machinery is needed: for a hook with a wrapper, and for
+    every hook once someone watches hook calls
+    (`pluggy.PluginManager.add_hookcall_monitoring`, `enable_tracing`).
+    """
 
-    def __init__(self, config: Configuration, relay: Any) -> None:
+    __slots__ = ("config", "_manager", "_relay", "_plans")
+
+    def __init__(self, config: Configuration, manager: pluggy.PluginManager) -> None:
         self.config = config
-        self._relay = relay
-        self._implemented: dict[str, bool] = {}
+        self._manager = manager
+        self._relay: Any = manager.hook
+        self._plans: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None] = {}
+
+    def _plan(self, name: str) -> tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None:
+        """(function, argument names) of *name*'s implementations, in call order; None if pluggy must call them."""
+        try:
+            return self._plans[name]
+        except KeyError:
+            pass
+        implementations = getattr(self._relay, name).get_hookimpls()
+        plan = None
+        if not any(i.hookwrapper or getattr(i, "wrapper", False) for i in implementations):
+            plan = tuple((i.function, tuple(i.argnames)) for i in reversed(implementations))
+        self._plans[name] = plan
+        return plan
 
     def implemented(self, name: str) -> bool:
         """Does any enabled plugin implement the hook *name*?  Asked once per state."""
-        known = self._implemented.get(name)
-        if known is None:
-            known = self._implemented[name] = bool(getattr(self._relay, name).get_hookimpls())
-        return known
+        plan = self._plan(name)
+        return plan is None or bool(plan)
+
+    def _each(self, name: str, **arguments: Any) -> list[Any]:
+        """Call every implementation of *name*; their answers that are not None, in call order."""
+        plan = self._plan(name)
+        if plan is None or getattr(self._manager, "monitored", False):
+            return getattr(self._relay, name)(config=self.config, **arguments)
+        arguments["config"] = self.config
+        answers = []
+        for function, names in plan:
+            answer = function(*[arguments[argument] for argument in names])
+            if answer is not None:
+                answers.append(answer)
+        return answers
 
     # -- connections -----------------------------------------------------
 
@@ -51,15 +89,11 @@ class Hooks:
 
     def session_allowed(self, connection: IConnection) -> bool:
         """`mta_session_allowed`: may the open connection carry another session?  Any False wins."""
-        if not self.implemented("mta_session_allowed"):
-            return True
-        return False not in self._relay.mta_session_allowed(config=self.config, connection=connection)
+        return False not in self._each("mta_session_allowed", connection=connection)
 
     def pace_transaction(self, connection: IConnection, envelope: Envelope) -> float:
         """`mta_pace_transaction`: the longest wait any plugin asks for, 0 for none."""
-        if not self.implemented("mta_pace_transaction"):
-            return 0.0
-        delays = self._relay.mta_pace_transaction(config=self.config, connection=connection, envelope=envelope)
+        delays = self._each("mta_pace_transaction", connection=connection, envelope=envelope)
         return max((d for d in delays if d is not None and math.isfinite(d)), default=0.0)
 
     def choose_route(self, domain: str) -> Route | None:
@@ -74,24 +108,17 @@ class Hooks:
     # -- messages ----------------------------------------------------------
 
     def screen_recipients(self, connection: IConnection, envelope: Envelope) -> None:
-        """`mta_screen_recipients`, when a plugin implements it."""
-        if self.implemented("mta_screen_recipients"):
-            self._relay.mta_screen_recipients(config=self.config, connection=connection, envelope=envelope)
+        """`mta_screen_recipients`."""
+        self._each("mta_screen_recipients", connection=connection, envelope=envelope)
 
     def prepare_copy(self, connection: IConnection, envelope: Envelope, recipient: str) -> None:
-        """`mta_prepare_copy`, when a plugin implements it."""
-        if self.implemented("mta_prepare_copy"):
-            self._relay.mta_prepare_copy(
-                config=self.config, connection=connection, envelope=envelope, recipient=recipient
-            )
+        """`mta_prepare_copy`."""
+        self._each("mta_prepare_copy", connection=connection, envelope=envelope, recipient=recipient)
 
     def rewrite_recipients(self, connection: IConnection, envelope: Envelope) -> None:
-        """`mta_rewrite_recipients`, when a plugin implements it."""
-        if not self.implemented("mta_rewrite_recipients"):
-            return
-        self._relay.mta_rewrite_recipients(config=self.config, connection=connection, envelope=envelope)
+        """`mta_rewrite_recipients`."""
+        self._each("mta_rewrite_recipients", connection=connection, envelope=envelope)
 
     def prepare_message(self, connection: IConnection, envelope: Envelope) -> None:
-        """`mta_prepare_message`, when a plugin implements it."""
-        if self.implemented("mta_prepare_message"):
-            self._relay.mta_prepare_message(config=self.config, connection=connection, envelope=envelope)
+        """`mta_prepare_message`."""
+        self._each("mta_prepare_message", connection=connection, envelope=envelope)

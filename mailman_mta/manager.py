@@ -18,7 +18,7 @@ import importlib
 import importlib.metadata
 import pkgutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
@@ -179,6 +179,21 @@ class PluginRegistry:
 registry = PluginRegistry()
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, which notes when someone starts watching hook calls.
+
+    `mailman_mta.hooks.Hooks` calls the per-message hooks directly while
+    nobody watches, and through pluggy (so the monitor sees them) once
+    someone does.
+    """
+
+    monitored = False
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Callable[[], None]:
+        self.monitored = True
+        return super().add_hookcall_monitoring(before, after)
+
+
 def build_plugin_manager(plugins: Iterable[tuple[str, object]]) -> pluggy.PluginManager:
     """Return a plugin manager with exactly *plugins* registered, in order.
 
@@ -186,7 +201,7 @@ def build_plugin_manager(plugins: Iterable[tuple[str, object]]) -> pluggy.Plugin
     and an implementation with no matching spec (a misspelt hook name) is an
     error, raised here as `ConfigurationError` naming the plugin.
     """
-    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager = PluginManager(PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     for name, plugin in plugins:
         section = f"plugin.{name}"

@@ -318,7 +318,7 @@ class Configuration:
         state = self._current()
         hooks = state.hooks
         if hooks is None:
-            hooks = Hooks(self, state.manager.hook)
+            hooks = Hooks(self, state.manager)
             object.__setattr__(state, "hooks", hooks)
         return hooks
 
