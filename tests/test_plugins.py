@@ -405,3 +405,48 @@ def test_plugin_state_is_per_connection(mta_config, mta_smtpd, added, mta_layers
     assert [m["X-N"] for m in mta_smtpd.messages] == ["1", "1", "2"]
     assert one.plugin_state("numbering") is one.plugin_state("numbering") is not two.plugin_state("numbering")
     assert one.number != two.number
+
+
+def test_per_message_hooks_keep_pluggy_order_wrappers_and_monitors(mta_config, mta_smtpd, added, mta_layers):
+    """`Hooks` calls the per-message hooks itself; what pluggy promises must still hold."""
+    calls = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def mta_session_allowed(self, connection):
+            calls.append("first")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def mta_session_allowed(self, connection):
+            calls.append("last")
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def mta_rewrite_recipients(self, envelope):
+            calls.append("wrapper in")
+            yield
+            calls.append("wrapper out")
+
+    added("first", First())
+    added("last", Last())
+    added("wrapper", Wrapper())
+    mta_layers.push(
+        "all", "[plugin.first]\nenabled: yes\n[plugin.last]\nenabled: yes\n[plugin.wrapper]\nenabled: yes\n"
+    )
+    connection = Connection()
+    send(connection)
+    send(connection)
+    assert calls == ["wrapper in", "wrapper out", "wrapper in", "wrapper out", "first", "last"], (
+        "a wrapper still wraps; tryfirst and trylast keep their places"
+    )
+    seen = []
+    undo = mta_config.plugin_manager.add_hookcall_monitoring(
+        lambda name, implementations, kwargs: seen.append(name), lambda outcome, name, implementations, kwargs: None
+    )
+    try:
+        send(connection)
+    finally:
+        undo()
+    connection.quit()
+    assert "mta_session_allowed" in seen and "mta_rewrite_recipients" in seen, seen
