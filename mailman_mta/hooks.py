@@ -69,6 +69,8 @@ class Hooks:
         plan = self._plan(name)
         if plan is None or getattr(self._manager, "monitored", False):
             return getattr(self._relay, name)(config=self.config, **arguments)
+        if not plan:
+            return []
         arguments["config"] = self.config
         answers = []
         for function, names in plan:
@@ -94,6 +96,8 @@ class Hooks:
     def pace_transaction(self, connection: IConnection, envelope: Envelope) -> float:
         """`mta_pace_transaction`: the longest wait any plugin asks for, 0 for none."""
         delays = self._each("mta_pace_transaction", connection=connection, envelope=envelope)
+        if not delays:
+            return 0.0
         return max((d for d in delays if d is not None and math.isfinite(d)), default=0.0)
 
     def choose_route(self, domain: str) -> Route | None:
