@@ -121,13 +121,18 @@ class _Post:
             self.transactions -= 1
         self.attempted.update(envelope.original_recipients)
         verdicts = envelope.verdicts
-        self.refused.update(outcome.failures)
-        self.uncertain |= outcome.uncertain - verdicts.keys()
+        if outcome.failures:
+            self.refused.update(outcome.failures)
+        if outcome.uncertain:
+            self.uncertain |= outcome.uncertain - verdicts.keys()
         self.error = outcome.error or self.error
         if outcome.relay is not None:
-            for recipient in envelope.original_recipients:
-                if recipient not in verdicts:
-                    self.relays[recipient] = outcome.relay
+            if not verdicts:
+                self.relays.update(dict.fromkeys(envelope.original_recipients, outcome.relay))
+            else:
+                for recipient in envelope.original_recipients:
+                    if recipient not in verdicts:
+                        self.relays[recipient] = outcome.relay
         for recipient, verdict in verdicts.items():
             if verdict.code is None:
                 self.refused.pop(recipient, None)
@@ -278,7 +283,8 @@ class Delivery:
                     in_flight[pool.submit(envelope)] = (post, envelope)
                     while len(in_flight) >= 2 * self._capacity():
                         self._collect(in_flight, progress)
-                yield from self._finished(started)
+                if started and started[0].finished:
+                    yield from self._finished(started)
             while in_flight:
                 self._collect(in_flight, progress)
                 yield from self._finished(started)

@@ -186,13 +186,16 @@ class Envelope:
         that plugins set are checked again.
         """
         current = (self.sender, tuple(self.recipients))
-        if current == self._checked:
+        checked = self._checked
+        if current == checked:
             return
-        check_address(self.sender, "sender")
+        if checked is None or current[0] != checked[0]:
+            check_address(self.sender, "sender")
         if not self.recipients:
             raise EnvelopeError("a plugin removed every recipient")
-        for number, recipient in enumerate(self.recipients, 1):
-            check_address(recipient, f"recipient {number}")
+        if checked is None or current[1] != checked[1]:
+            for number, recipient in enumerate(self.recipients, 1):
+                check_address(recipient, f"recipient {number}")
         self._checked = current
 
     def mark_checked(self) -> None:
