@@ -47,7 +47,7 @@ from .routes import Route
 from .secret import Secret
 from .smtp import esmtp, tls
 from .smtp.foreign import foreign_transaction
-from .smtp.transaction import BEFORE, END_OF_DATA, TransactionResult
+from .smtp.transaction import BEFORE, END_OF_DATA, Transaction, TransactionResult
 from .smtp.transport import is_closed, timeout_at_most
 
 log = logging.getLogger("mailman_mta.connection")
@@ -193,6 +193,14 @@ class Connection:
         self._terms: tuple[object, tuple[Any, ...]] | None = None
         #: (host, port) of the relay the open transport reached.
         self._relay: tuple[str, int] | None = None
+        #: (envelope, its transaction, the transport) when that envelope's
+        #: commands went out behind the last message (see `transact`'s *then*).
+        self._chained: tuple[Envelope, Transaction, ITransport] | None = None
+        #: (envelope, what preparing it gave) for one prepared ahead as *then*:
+        #: its hooks must not run twice.
+        self._prepared: tuple[Envelope, bool | Exception] | None = None
+        #: See `in_flight`.
+        self._in_flight = False
         self._plugin_state: dict[object, dict[str, Any]] = {}
         #: The route this connection serves (see `sibling`), or None for
         #: ``[mta]``'s own relay.
@@ -253,6 +261,25 @@ class Connection:
             return self._plugin_state[owner]
         except KeyError:
             return self._plugin_state.setdefault(owner, {})
+
+    @property
+    def pending(self) -> Envelope | None:
+        """The envelope whose commands went out behind the last message (see `transact`'s *then*), or None.
+
+        It must be the next one sent on this connection.
+        """
+        chain = self._chained
+        return chain[0] if chain is not None else None
+
+    @property
+    def in_flight(self) -> bool:
+        """True while `mta_session_allowed` is asked about the next session with this one still under way.
+
+        That happens when messages are chained (see `transact`'s *then*):
+        the relay is between a DATA reply and the message, so a plugin may
+        look at the connection but must not talk on it.
+        """
+        return self._in_flight
 
     @property
     def sessions_per_connection(self) -> int:
@@ -397,8 +424,19 @@ class Connection:
             raise error
         return result.refused
 
-    def transact(self, envelope: Envelope) -> TransactionResult:
+    def transact(self, envelope: Envelope, *, then: Envelope | None = None) -> TransactionResult:
         """Send *envelope*, and say what happened to each of its recipients.
+
+        *then* is the envelope the caller will send next on this connection,
+        if it knows.  When the relay offers PIPELINING, no plugin paces the
+        sends and the connection may carry one more session, *then* is
+        prepared (its hooks run) just before *envelope*'s message goes out,
+        and its MAIL, RCPT and DATA follow the final dot in the same write
+        (RFC 2920): a round trip less per message.  The caller must send
+        *then* next on this connection; anything else drops the connection
+        without QUIT (the relay may be waiting for *then*'s message).  A
+        *then* whose commands did not go out is sent from the start,
+        prepared once; nothing of it is ever sent twice.
 
         Never raises for a failure to deliver, whatever its cause: it is in
         the result's ``error``, with the reply each recipient got (see
@@ -419,17 +457,19 @@ class Connection:
             if problem is not None:
                 raise ConfigurationError(f"nothing is sent while the configuration is inconsistent: {problem}")
             hooks = config.hooks
-            if not self._prepare(hooks, envelope):
-                judged = TransactionResult(envelope.sender, (), stage=BEFORE, verdicts=dict(envelope.verdicts))
-                judged.error = smtplib.SMTPRecipientsRefused(judged.refused)
-                self._report(envelope, judged)
-                return judged
-            if self.transport is not None and not self._may_carry_another(config, hooks):
-                self.quit()
+            chained = self._continuing(envelope)
+            if chained is None:
+                if not self._prepare_once(hooks, envelope):
+                    judged = TransactionResult(envelope.sender, (), stage=BEFORE, verdicts=dict(envelope.verdicts))
+                    judged.error = smtplib.SMTPRecipientsRefused(judged.refused)
+                    self._report(envelope, judged)
+                    return judged
+                if self.transport is not None and not self._may_carry_another(config, hooks):
+                    self.quit()
             result = None
             started = time.monotonic()
             try:
-                result = self._send_with_one_retry(config, hooks, envelope)
+                result = self._send_with_one_retry(config, hooks, envelope, chained, then)
                 result.verdicts = dict(envelope.verdicts)
                 result.duration = time.monotonic() - started
                 if self.transport is not None:
@@ -456,6 +496,68 @@ class Connection:
                 setattr(interruption, "transaction", result)  # noqa: B010 (not a declared attribute)
                 raise
         return result
+
+    def _continuing(self, envelope: Envelope) -> Transaction | None:
+        """*envelope*'s transaction if its commands went out behind the last message, on the open connection.
+
+        Commands of any other envelope outstanding leave the connection in
+        a state nobody else can use (the relay may be waiting for message
+        data): it is dropped.
+        """
+        chain, self._chained = self._chained, None
+        if chain is None:
+            return None
+        chained_envelope, transaction, transport = chain
+        if chained_envelope is envelope and transport is self.transport and not is_closed(transport):
+            self._prepared = None
+            return transaction
+        self.close()
+        return None
+
+    def _prepare_once(self, hooks: Hooks, envelope: Envelope) -> bool:
+        """`_prepare`, unless *envelope* was prepared ahead (as *then*): then what that gave."""
+        ahead, self._prepared = self._prepared, None
+        if ahead is None or ahead[0] is not envelope:
+            return self._prepare(hooks, envelope)
+        if isinstance(ahead[1], Exception):
+            raise ahead[1]
+        return ahead[1]
+
+    def _chain_ahead(self, config: Configuration, hooks: Hooks, transport: Any, then: Envelope) -> Transaction | None:
+        """*then*'s transaction, whose commands may follow the message about to go out; or None.
+
+        Called between the DATA reply and the message.  *then* is prepared
+        here, once, whatever is decided.  Not when a plugin paces the sends
+        (a pace is decided just before each one), nor when a layer was
+        pushed or popped since this transaction began (it takes effect from
+        the next), nor when the connection may not carry a session after
+        this one.
+        """
+        if hooks.implemented("mta_pace_transaction") or not config.pin_is_latest():
+            return None
+        try:
+            ready = self._prepare(hooks, then)
+        except Exception as error:
+            self._prepared = (then, error)
+            return None
+        self._prepared = (then, ready)
+        if not ready:
+            return None
+        # Asked as it will stand: this session counted, the connection busy.
+        self.session_count += 1
+        self._in_flight = True
+        try:
+            allowed = self._may_carry_another(config, hooks)
+        finally:
+            self.session_count -= 1
+            self._in_flight = False
+        if not allowed:
+            return None
+        try:
+            transaction = transport.transaction_for(then, pipelining=self.setting("pipelining"))
+        except (UnsendableMessageError, EnvelopeError):
+            return None
+        return transaction if transaction.group() is not None else None
 
     def _prepare(self, hooks: Hooks, envelope: Envelope) -> bool:
         """Run the hooks that judge, personalise, rewrite and prepare *envelope*.
@@ -499,9 +601,16 @@ class Connection:
         self._terms = (token, terms)
         return terms
 
-    def _send_with_one_retry(self, config: Configuration, hooks: Hooks, envelope: Envelope) -> TransactionResult:
+    def _send_with_one_retry(
+        self,
+        config: Configuration,
+        hooks: Hooks,
+        envelope: Envelope,
+        chained: Transaction | None = None,
+        then: Envelope | None = None,
+    ) -> TransactionResult:
         reused = self.transport is not None
-        result = self._transact(config, hooks, envelope, pace=True)
+        result = self._transact(config, hooks, envelope, pace=chained is None, chained=chained, then=then)
         if reused and retryable(result):
             log.info(
                 "%s:%s dropped a reused connection before the message was sent (%s); sending it on a new connection",
@@ -523,8 +632,21 @@ class Connection:
             self.quit()
             self._connect(config, hooks)
 
-    def _transact(self, config: Configuration, hooks: Hooks, envelope: Envelope, *, pace: bool) -> TransactionResult:
-        """One attempt: connect if needed, wait if a plugin paces, then run the transaction."""
+    def _transact(
+        self,
+        config: Configuration,
+        hooks: Hooks,
+        envelope: Envelope,
+        *,
+        pace: bool,
+        chained: Transaction | None = None,
+        then: Envelope | None = None,
+    ) -> TransactionResult:
+        """One attempt: connect if needed, wait if a plugin paces, then run the transaction.
+
+        *chained*: *envelope*'s transaction, whose commands went out already.
+        *then*: the next envelope, whose commands may follow this message.
+        """
         relay = session = None
         try:
             if self.transport is None:
@@ -535,7 +657,9 @@ class Connection:
             assert transport is not None, "connected above"
             relay, session = self._relay, self.session_count + 1
             ours = self._exact
-            if ours:
+            if ours and (chained is not None or then is not None) and hasattr(transport, "run_transaction"):
+                result = self._run_chained(config, hooks, transport, envelope, chained, then)
+            elif ours:
                 result = cast(IMessageTransactions, transport).transact(
                     envelope, pipelining=self.setting("pipelining"), deadline=self.transaction_deadline(envelope)
                 )
@@ -559,6 +683,38 @@ class Connection:
             # What a foreign transport's connection is fit for after an
             # error is unknown.
             self.close()
+        return result
+
+    def _run_chained(
+        self,
+        config: Configuration,
+        hooks: Hooks,
+        transport: Any,
+        envelope: Envelope,
+        chained: Transaction | None,
+        then: Envelope | None,
+    ) -> TransactionResult:
+        """Run *envelope*'s transaction (*chained* if its commands went out), *then*'s commands behind it."""
+        pipelining = self.setting("pipelining")
+        transaction = chained if chained is not None else transport.transaction_for(envelope, pipelining)
+        following: list[Transaction] = []
+
+        def commands_of_then() -> bytes:
+            ahead = self._chain_ahead(config, hooks, transport, then) if then is not None else None
+            if ahead is None:
+                return b""
+            following.append(ahead)
+            return ahead.group() or b""
+
+        result = transport.run_transaction(
+            transaction,
+            self.transaction_deadline(envelope),
+            commands_sent=chained is not None,
+            then=commands_of_then if then is not None else None,
+        )
+        if following and transaction.chained and not is_closed(transport):
+            assert then is not None, "following holds then's transaction"
+            self._chained = (then, following[0], transport)
         return result
 
     def _report(self, envelope: Envelope, result: TransactionResult) -> None:
@@ -640,6 +796,11 @@ class Connection:
         transport = self.transport
         if transport is None:
             return
+        if self._chained is not None:
+            # Commands went out for a message never sent: the relay may be
+            # waiting for its data, and would take QUIT as part of it.
+            self.close()
+            return
         try:
             # Saying goodbye to a server that stopped answering should not
             # take the whole command timeout.
@@ -653,6 +814,7 @@ class Connection:
     def close(self) -> None:
         """Drop the connection without a word (after an error)."""
         transport, self.transport = self.transport, None
+        self._chained = None
         self.session_count = 0
         self.connected_at = None
         self._relay = self._opened_with = None

@@ -267,6 +267,8 @@ class Delivery:
         started: collections.deque[_Post] = collections.deque()
         in_flight: dict[Future, tuple[_Post, Envelope]] = {}
         current: tuple[_Post, Envelope] | None = None
+        #: The envelope offered as *then* to the last inline send, and its post and lane.
+        offered: tuple[_Post, Envelope, _Lane] | None = None
         try:
             work = self._work(posts, started, progress)
             following = next(work, None)
@@ -275,9 +277,13 @@ class Delivery:
                 following = next(work, None)
                 pool = lane.pool
                 if pool is None or (following is None and not in_flight):
-                    # Alone: sent from this thread, with no hand-over.
+                    # Alone: sent from this thread, with no hand-over; the
+                    # next envelope's commands may follow its message.
+                    offered = following if pool is None and following is not None and following[2] is lane else None
                     current = (post, envelope)
-                    self._record(post, envelope, self._outcome(envelope, lane), progress)
+                    self._record(
+                        post, envelope, self._outcome(envelope, lane, offered[1] if offered else None), progress
+                    )
                     current = None
                 else:
                     in_flight[pool.submit(envelope)] = (post, envelope)
@@ -293,6 +299,8 @@ class Delivery:
             if current is not None:
                 post, envelope = current
                 post.record(envelope, self._cut_short(envelope, interruption))
+            if offered is not None and offered[2].connection.pending is offered[1]:
+                self._finish_offered(*offered, progress)
             self._interrupted(started, in_flight, progress)
             raise DeliveryInterrupted([post.result() for post in started]) from interruption
         finally:
@@ -397,11 +405,11 @@ class Delivery:
 
     # -- sending and recording -------------------------------------------
 
-    def _outcome(self, envelope: Envelope, lane: _Lane) -> _Outcome:
-        """Send *envelope* from this thread; what it means for each original recipient."""
+    def _outcome(self, envelope: Envelope, lane: _Lane, then: Envelope | None = None) -> _Outcome:
+        """Send *envelope* from this thread (*then* next, see `Connection.transact`); what it means per recipient."""
         try:
             pool = lane.pool
-            result = pool.send_here(envelope) if pool is not None else lane.connection.transact(envelope)
+            result = pool.send_here(envelope) if pool is not None else lane.connection.transact(envelope, then=then)
         except Exception as error:
             return self._failed(envelope, error)
         return self._per_recipient(envelope, result)
@@ -488,6 +496,20 @@ class Delivery:
         return _Outcome(mapped, result.error, uncertain, result.relay)
 
     # -- Ctrl-C ----------------------------------------------------------
+
+    def _finish_offered(
+        self, post: _Post, envelope: Envelope, lane: _Lane, progress: Callable[[int], None] | None
+    ) -> None:
+        """Send the envelope whose commands went out behind the last message: it is under way.
+
+        (A second Ctrl-C cuts it short, and the connection is dropped.)
+        """
+        try:
+            outcome = self._outcome(envelope, lane)
+        except KeyboardInterrupt as again:
+            lane.connection.close()
+            outcome = self._cut_short(envelope, again)
+        self._record(post, envelope, outcome, progress)
 
     def _interrupted(
         self,

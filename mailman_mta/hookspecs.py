@@ -110,6 +110,15 @@ def mta_session_allowed(config: Configuration, connection: IConnection) -> bool 
 
     The built-in ``sessions`` plugin returns False once
     ``connection.session_count`` reaches ``sessions_per_connection``.
+
+    When messages are chained (the next one's commands follow a message's
+    final dot, see `Connection.transact`), this is asked about the next
+    session while the current one is under way, between its DATA reply and
+    its message: ``connection.in_flight`` is True, ``session_count``
+    already counts the current session, and an implementation may look at
+    the connection but must not talk on it (no NOOP: the relay would take
+    it as message data).  The built-in ``liveness`` plugin has nothing to
+    check then and returns None.
     """
 
 

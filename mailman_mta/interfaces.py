@@ -44,6 +44,11 @@ class IConnection(Interface):
     last_used_at = Attribute(
         "time.monotonic() when the open connection last finished a session (or was opened), or None."
     )
+    in_flight = Attribute(
+        "True while `mta_session_allowed` is asked about the next session with this one still under way "
+        "(chained messages): look at the connection, do not talk on it."
+    )
+    pending = Attribute("The envelope whose commands went out behind the last message (`transact`'s *then*), or None.")
 
     def setting(key):
         """The value of ``[mta] key`` for this connection, typed.
@@ -65,13 +70,15 @@ class IConnection(Interface):
     def send(envelope):
         """Send a `mailman_mta.envelope.Envelope`; otherwise like `sendmail`."""
 
-    def transact(envelope):
+    def transact(envelope, *, then=None):
         """Send a `mailman_mta.envelope.Envelope`; return its `TransactionResult`.
 
         Never raises for a failure to deliver: the result says, recipient by
         recipient, what the server answered, and holds the error `sendmail`
         would raise.  Raises only what the plugins that rewrite and prepare
-        the envelope raise, before anything is sent.
+        the envelope raise, before anything is sent.  *then* is the envelope
+        the caller sends next, whose commands may follow this message's
+        final dot (RFC 2920); it must then be sent next.
         """
 
     def connect():

@@ -34,6 +34,10 @@ RECENT_SECONDS = 0.005
 
 @hookimpl
 def mta_session_allowed(connection):
+    if connection.in_flight:
+        # Asked with a transaction under way (messages chained): the
+        # connection answered a moment ago, and must not be talked on.
+        return None
     transport = connection.transport
     idle = time.monotonic() - connection.last_used_at
     max_idle = connection.setting("max_idle_time")

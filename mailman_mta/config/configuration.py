@@ -348,10 +348,23 @@ class Configuration:
         """Pin *state* for this thread, over any pin it holds (to check a new layer)."""
         return _Pin(self, state)
 
+    def pin_is_latest(self) -> bool:
+        """Is the state this thread pinned still what the layers imply?  False after a push or pop meanwhile.
+
+        (Not pinned: True.)  A `Connection` that would prepare the next
+        transaction inside this one asks first, so that a layer pushed in
+        between still takes effect from the next transaction.
+        """
+        pinned = getattr(self._pins, "state", None)
+        return pinned is None or pinned is self._latest()
+
     def _current(self) -> _State:
         pinned = getattr(self._pins, "state", None)
         if pinned is not None:
             return pinned
+        return self._latest()
+
+    def _latest(self) -> _State:
         state = self._state
         following = self._following
         if (

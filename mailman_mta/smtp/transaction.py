@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import smtplib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -274,14 +274,39 @@ class Transaction:
         suffix = f">{_parameters(rcpt_options)}\r\n" if rcpt_options else ">\r\n"
         self._rcpts = [f"RCPT TO:<{recipient}{suffix}".encode() for recipient in recipients]
         self._octets = len(self._mail) + sum(map(len, self._rcpts)) + len(b"DATA\r\n")
+        self._commands_sent = False
+        self._then: Callable[[], bytes] | None = None
+        #: The next transaction's commands were written behind this message.
+        self.chained = False
 
-    def run(self) -> TransactionResult:
+    def group(self) -> bytes | None:
+        """MAIL, every RCPT and DATA as one pipelined group, or None when they do not go as one.
+
+        What may be written behind another transaction's final dot (see `run`).
+        """
+        if not self.result.pipelined or self._octets > PIPELINE_OCTETS:
+            return None
+        return b"".join([self._mail, *self._rcpts, b"DATA\r\n"])
+
+    def run(self, *, commands_sent: bool = False, then: Callable[[], bytes] | None = None) -> TransactionResult:
         """Run the transaction; return its result.  Never raises for an SMTP failure.
 
         The connection is closed when its state is unknown afterwards (a
         lost connection, a timeout, an unreadable reply, a 421).
+
+        RFC 2920 lets the commands of the next transaction follow a
+        message's final dot in the same write, which saves a round trip
+        per message.  *then*, called once the message is about to go,
+        returns those commands (the next transaction's `group`, or
+        nothing); they are written with the message, and `chained` says
+        whether they were (not when this transaction ends before its
+        message).  *commands_sent* says this transaction's own `group`
+        went out so, behind the previous message: only its replies are
+        read.
         """
         result = self.result
+        self._commands_sent = commands_sent
+        self._then = then
         try:
             if self._commands():
                 self._send_message()
@@ -376,7 +401,10 @@ class Transaction:
                 break
             end = self._group_end(lines, position)
             result.stage = names[position]
-            channel.write(b"".join(lines[position:end]), names[position])
+            if position == 0 and self._commands_sent:
+                assert end == len(lines), "only a transaction whose commands are one group is chained"
+            else:
+                channel.write(b"".join(lines[position:end]), names[position])
             self._reading_group = True
             for index, reply in enumerate(channel.read_replies(names[position:end]), position):
                 name = result.stage = names[index]
@@ -501,14 +529,21 @@ class Transaction:
 
     def _send_message(self) -> None:
         result = self.result
+        following = self._then() if self._then is not None else b""
         result.stage = MESSAGE
         result.data_sent = True
-        self.channel.write_data(data_segments(self.message))
+        segments = data_segments(self.message)
+        if following:
+            segments = (*segments, following)
+        self.channel.write_data(segments)
+        self.chained = bool(following)
         result.stage = END_OF_DATA
         final = self.channel.read_reply(END_OF_DATA)
         if final.code < 400 and final.code not in _SUCCESS[END_OF_DATA]:
             raise self._protocol_error(END_OF_DATA, final)
-        if self.channel.unread():
+        if self.channel.unread() and not self.chained:
+            # (Behind a chained message, what follows is the next
+            # transaction's replies, checked when it reads them.)
             raise self._out_of_step(END_OF_DATA)
         if final.code >= 400:
             self._fail(END_OF_DATA, final.kept())

@@ -33,7 +33,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from zope.interface import classImplements, implementer
@@ -505,10 +505,13 @@ class SMTPTransport(smtplib.SMTP):
         answering each command just within ``command_timeout`` cannot
         stretch one transaction to many of them.
         """
-        self.message_data_sent = False
+        return self.run_transaction(self.transaction_for(envelope, pipelining), deadline)
+
+    def transaction_for(self, envelope: Envelope, pipelining: bool = True) -> Transaction:
+        """The `Transaction` that would send *envelope* here; raises as `transact` does before MAIL."""
         self.ehlo_or_helo_if_needed()
         options = esmtp.mail_options(envelope, self)
-        transaction = Transaction(
+        return Transaction(
             self,
             envelope.sender,
             envelope.recipients,
@@ -517,13 +520,24 @@ class SMTPTransport(smtplib.SMTP):
             envelope.rcpt_options,
             pipelining=pipelining and "pipelining" in self.esmtp_features,
         )
+
+    def run_transaction(
+        self,
+        transaction: Transaction,
+        deadline: float | None = None,
+        *,
+        commands_sent: bool = False,
+        then: Callable[[], bytes] | None = None,
+    ) -> TransactionResult:
+        """Run *transaction* (see `Transaction.run` for *commands_sent* and *then*), within *deadline*."""
+        self.message_data_sent = False
         if deadline is None:
-            return transaction.run()
+            return transaction.run(commands_sent=commands_sent, then=then)
         # The reader keeps the deadline, for the writes too (see _sendall).
         reader = self._reply_reader()
         reader.deadline, reader.deadline_seconds = time.monotonic() + deadline, deadline
         try:
-            return transaction.run()
+            return transaction.run(commands_sent=commands_sent, then=then)
         finally:
             reader.deadline = None
 
