@@ -104,13 +104,9 @@ def fresh_relay(relay):
     relay.clear_refusals()
 
 
-def copies(relay) -> Counter:
-    return Counter(r for message in relay.received for r in message.rcpt_tos)
-
-
 def assert_exactly_once_or_reported(result, relay, addresses):
     """Accepted: exactly one copy.  Uncertain: at most one.  Anything else: none."""
-    received = copies(relay)
+    received = relay.copies
     assert set(result.states) == set(addresses)
     for address in addresses:
         state = result.states[address].state
@@ -127,7 +123,7 @@ def test_two_workers_share_a_post_and_every_member_gets_one_copy(both_running, s
     handle = celery_integration.submit("list@example.com", addresses, MESSAGE, store=store)
     result = handle.result(timeout=90)
     assert result.ok, {r: s for r, s in result.states.items() if s.state != "accepted"}
-    assert copies(fresh_relay) == Counter(addresses)
+    assert fresh_relay.copies == Counter(addresses)
     assert handle.chunks >= 15
     assert {state.worker for state in result.states.values()} == {"w1", "w2"}, "both workers took chunks"
     for message in fresh_relay.received:
@@ -185,7 +181,7 @@ def test_only_recipients_refused_with_4xx_are_retried_then_failed(both_running, 
     assert set(result.accepted) == {"a@example.net", "b@example.net", "later@example.net"}, result.states
     assert set(result.temporary) == {"never@example.net"} and result.temporary["never@example.net"].code == 452
     assert set(result.permanent) == {"gone@example.net"} and result.permanent["gone@example.net"].code == 550
-    received = copies(fresh_relay)
+    received = fresh_relay.copies
     assert received == Counter(["a@example.net", "b@example.net", "later@example.net"])
     retried = [m.rcpt_tos for m in fresh_relay.received if "later@example.net" in m.rcpt_tos]
     assert retried == [("later@example.net",)], "the retry carried only the refused recipient"
@@ -218,7 +214,7 @@ def test_a_lost_task_is_queued_again_and_sent_once(both_running, store, submitti
     store.create(post_id, "list@example.com", b"Subject: lost\r\n\r\nHello\r\n", addresses)  # never queued
     handle = celery_integration.PostHandle(post_id, 0, store)
     result = handle.result(timeout=60, stalled_after=1)
-    assert result.ok and copies(fresh_relay) == Counter(addresses)
+    assert result.ok and fresh_relay.copies == Counter(addresses)
 
 
 def test_the_same_work_queued_twice_is_sent_once(both_running, store, submitting, fresh_relay):
@@ -231,7 +227,7 @@ def test_the_same_work_queued_twice_is_sent_once(both_running, store, submitting
     fresh_relay.clear_faults()
     assert queued_again > 0, "some work was queued again while the first tasks ran"
     assert_exactly_once_or_reported(result, fresh_relay, addresses)
-    assert max(copies(fresh_relay).values()) == 1, "claims keep two tasks from sending to one recipient"
+    assert max(fresh_relay.copies.values()) == 1, "claims keep two tasks from sending to one recipient"
 
 
 def test_djangos_queued_backend_returns_once_queued(both_running, store, fresh_relay, monkeypatch):
@@ -294,9 +290,9 @@ max_recipients: 5
     assert len(result.accepted) == 18 and not result.temporary and not result.uncertain
     arrived = postfix_capture.wait_for_messages(1, timeout=30)
     deadline = time.monotonic() + 60
-    while sorted(copies(postfix_capture)) != sorted(result.accepted) and time.monotonic() < deadline:
+    while sorted(postfix_capture.copies) != sorted(result.accepted) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert copies(postfix_capture) == Counter(result.accepted), arrived
+    assert postfix_capture.copies == Counter(result.accepted), arrived
 
 
 # -- the ledger's rules, whatever the relay says (tasks run in this process) --
@@ -336,7 +332,7 @@ def test_property_the_ledger_tells_the_truth(store, fresh_relay, monkeypatch, pl
         default_config.pop("in-process-worker")
         celery_integration._close_delivery()
     states = store.states(post_id)
-    received = copies(fresh_relay)
+    received = fresh_relay.copies
     for address, behaviour in zip(addresses, plan):
         state = states[address]
         assert state.final, (address, state)

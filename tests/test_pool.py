@@ -25,11 +25,6 @@ MESSAGE = "From: list@example.org\nSubject: post\n\nHello\n"
 MEMBERS = [f"member{i:02d}@example{i % 3}.com" for i in range(30)]
 
 
-def deliveries_of(server: CountingSMTPServer) -> collections.Counter:
-    """How many copies each recipient got."""
-    return collections.Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
-
-
 @pytest.mark.parametrize("strategy", ["bulk", "individual", "verp"])
 def test_a_pool_gives_the_same_results_in_the_same_order(mta_config, mta_smtpd, mta_layers, strategy):
     for member in MEMBERS[::7]:
@@ -84,7 +79,7 @@ def test_exactly_once_with_a_connection_killed_mid_run(mta_config, mta_smtpd, mt
     mta_smtpd.script("END-OF-DATA", close=True, accept=True)
     with Delivery() as delivery:
         result = delivery.deliver("list@example.org", MEMBERS, MESSAGE)
-    copies = deliveries_of(mta_smtpd)
+    copies = mta_smtpd.copies
     assert max(copies.values()) == 1, "nobody got the message twice"
     for member in MEMBERS:
         if member in result.accepted:
@@ -222,7 +217,7 @@ def test_ctrl_c_says_who_got_it_who_did_not_and_quits_everywhere(
     result = caught.value.result
     assert isinstance(caught.value, KeyboardInterrupt)
     assert result.recipients == tuple(MEMBERS)
-    copies = deliveries_of(mta_smtpd)
+    copies = mta_smtpd.copies
     accepted, not_attempted = set(result.accepted), {r for r, f in result.refused.items() if f == NOT_ATTEMPTED}
     assert accepted == {member for member in MEMBERS if copies[member]}, "accepted means it arrived"
     assert not_attempted == set(MEMBERS) - accepted - set(result.uncertain)
@@ -272,11 +267,11 @@ def test_a_bad_post_in_a_batch_is_its_own_result_and_nothing_is_lost(mta_config,
     assert isinstance(results[6].error, EnvelopeError)
     if bad != []:
         assert results[6].refused["member6@example.com"].code == 451
-    sent = deliveries_of(mta_smtpd)
+    sent = mta_smtpd.copies
     assert sent == collections.Counter({f"member{n}@example.com": 1 for n in range(9) if n != 6})
     with Delivery() as delivery, pytest.raises(EnvelopeError, match="no recipients"):
         delivery.deliver("list@example.org", [], MESSAGE)
-    assert deliveries_of(mta_smtpd) == sent
+    assert mta_smtpd.copies == sent
 
 
 def test_closing_says_quit_on_every_connection_at_once(mta_config, mta_smtpd, mta_layers):

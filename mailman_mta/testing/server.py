@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import fnmatch
 import functools
 import json
@@ -504,6 +505,11 @@ class CountingSMTPServer:
         """The same messages as raw `ReceivedMessage` records."""
         with self._lock:
             return list(self._record.received)
+
+    @property
+    def copies(self) -> collections.Counter[str]:
+        """How many copies of a message each recipient got since the last `clear`: "once each" is a test."""
+        return collections.Counter(recipient for message in self.received for recipient in message.rcpt_tos)
 
     def wait_for_messages(self, count: int, timeout: float = 15.0) -> list[ReceivedMessage]:
         """Wait until at least *count* messages have arrived; return them all.
