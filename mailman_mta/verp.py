@@ -100,41 +100,36 @@ def decode(address: str, format: str = DEFAULT_FORMAT) -> str:
     return f"{match['local']}@{match['domain']}"
 
 
-@lru_cache(maxsize=16)
-def _formatter(format: str) -> Callable[..., str]:
-    """``str.format`` for what `string.Template` *format* says: made once, used for every copy.
+def _pieces(format: str) -> list[tuple[str, str | None]]:
+    """*format* read as `string.Template` reads it: (literal text, None) and ("", name) pieces.
 
-    Raises `VERPError` (from `string.Template`'s own rules) for a ``$`` it cannot read.
+    Raises `VERPError` for a ``$`` followed by a name not among ours.
     """
-    parts = []
+    pieces: list[tuple[str, str | None]] = []
     position = 0
     for match in string.Template.pattern.finditer(format):
-        parts.append(format[position : match.start()].replace("{", "{{").replace("}", "}}"))
+        pieces.append((format[position : match.start()], None))
         name = match.group("named") or match.group("braced")
         if match.group("escaped") is not None:
-            parts.append("$")
+            pieces.append(("$", None))
         elif name in _PATTERNS:
-            parts.append("{" + name + "}")
+            pieces.append(("", name))
         else:
             raise VERPError(f"VERP format {format!r} uses an unknown name at {match.group()!r}")
         position = match.end()
-    parts.append(format[position:].replace("{", "{{").replace("}", "}}"))
-    return "".join(parts).format
+    pieces.append((format[position:], None))
+    return pieces
+
+
+@lru_cache(maxsize=16)
+def _formatter(format: str) -> Callable[..., str]:
+    """``str.format`` for what `string.Template` *format* says: made once, used for every copy."""
+    return "".join(
+        "{" + name + "}" if name else text.replace("{", "{{").replace("}", "}}") for text, name in _pieces(format)
+    ).format
 
 
 @lru_cache(maxsize=16)
 def _regex(format: str) -> re.Pattern[str]:
-    parts = []
-    position = 0
-    for match in string.Template.pattern.finditer(format):
-        parts.append(re.escape(format[position : match.start()]))
-        name = match.group("named") or match.group("braced")
-        if match.group("escaped") is not None:
-            parts.append(re.escape("$"))
-        elif name in _PATTERNS:
-            parts.append(_PATTERNS[name])
-        else:
-            raise VERPError(f"VERP format {format!r} uses an unknown name at {match.group()!r}")
-        position = match.end()
-    parts.append(re.escape(format[position:]))
-    return re.compile("^" + "".join(parts) + "$", re.IGNORECASE | re.DOTALL)
+    pattern = "".join(_PATTERNS[name] if name else re.escape(text) for text, name in _pieces(format))
+    return re.compile("^" + pattern + "$", re.IGNORECASE | re.DOTALL)
