@@ -127,12 +127,9 @@ class _Post:
             self.uncertain |= outcome.uncertain - verdicts.keys()
         self.error = outcome.error or self.error
         if outcome.relay is not None:
-            if not verdicts:
-                self.relays.update(dict.fromkeys(envelope.original_recipients, outcome.relay))
-            else:
-                for recipient in envelope.original_recipients:
-                    if recipient not in verdicts:
-                        self.relays[recipient] = outcome.relay
+            for recipient in envelope.original_recipients:
+                if recipient not in verdicts:
+                    self.relays[recipient] = outcome.relay
         for recipient, verdict in verdicts.items():
             if verdict.code is None:
                 self.refused.pop(recipient, None)

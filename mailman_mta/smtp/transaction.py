@@ -273,7 +273,9 @@ class Transaction:
         self._mail = f"MAIL FROM:<{sender}>{_parameters(mail_options) if mail_options else ''}\r\n".encode()
         suffix = f">{_parameters(rcpt_options)}\r\n" if rcpt_options else ">\r\n"
         self._rcpts = [f"RCPT TO:<{recipient}{suffix}".encode() for recipient in recipients]
-        self._octets = len(self._mail) + sum(map(len, self._rcpts)) + len(b"DATA\r\n")
+        octets = len(self._mail) + sum(map(len, self._rcpts)) + len(b"DATA\r\n")
+        #: MAIL, every RCPT and DATA fit in one pipelined group.
+        self._one_group = octets <= PIPELINE_OCTETS
         self._commands_sent = False
         self._then: Callable[[], bytes] | None = None
         #: The next transaction's commands were written behind this message.
@@ -284,7 +286,7 @@ class Transaction:
 
         What may be written behind another transaction's final dot (see `run`).
         """
-        if not self.result.pipelined or self._octets > PIPELINE_OCTETS:
+        if not self.result.pipelined or not self._one_group:
             return None
         return b"".join([self._mail, *self._rcpts, b"DATA\r\n"])
 
@@ -452,7 +454,7 @@ class Transaction:
 
     def _group_end(self, lines: list[bytes], position: int) -> int:
         """Where the pipelined group of commands starting at *position* ends."""
-        if position == 0 and self._octets <= PIPELINE_OCTETS:
+        if position == 0 and self._one_group:
             return len(lines)
         end = position + 1
         octets = len(lines[position])
