@@ -37,21 +37,26 @@ def test_mypy_finds_nothing():
     assert "Success: no issues found" in done.stdout
 
 
-def test_mypy_sees_the_plugins_and_the_schema_as_installed(tmp_path):
-    """No Any from the layout: mailman_mta.plugins and mailman_mta.schema resolve to the real code."""
-    probe = tmp_path / "typecheck_probe.py"
-    probe.write_text(
-        "from mailman_mta.config import config\n"
-        "from mailman_mta.plugins import routes\n"
-        "reveal_type(config.schema)\n"
-        "reveal_type(routes.as_route_map)\n"
-    )
-    done = subprocess.run(
+def typecheck(probe: Path, source: str) -> subprocess.CompletedProcess:
+    """scripts/typecheck run on the package and on *source*, written to *probe*."""
+    probe.write_text(source)
+    return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "typecheck"), str(probe)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
+    )
+
+
+def test_mypy_sees_the_plugins_and_the_schema_as_installed(tmp_path):
+    """No Any from the layout: mailman_mta.plugins and mailman_mta.schema resolve to the real code."""
+    done = typecheck(
+        tmp_path / "typecheck_probe.py",
+        "from mailman_mta.config import config\n"
+        "from mailman_mta.plugins import routes\n"
+        "reveal_type(config.schema)\n"
+        "reveal_type(routes.as_route_map)\n",
     )
     revealed = [line.partition("typecheck_probe.py:")[2] for line in done.stdout.splitlines() if "Revealed" in line]
     assert revealed == [
@@ -62,19 +67,12 @@ def test_mypy_sees_the_plugins_and_the_schema_as_installed(tmp_path):
 
 def test_a_hook_called_with_a_wrong_keyword_is_a_type_error(tmp_path):
     """Hooks are called through mailman_mta.hooks.Hooks, whose methods mypy checks."""
-    probe = tmp_path / "hook_probe.py"
-    probe.write_text(
+    done = typecheck(
+        tmp_path / "hook_probe.py",
         "from mailman_mta.config import config\n"
         "config.hooks.choose_route(domian='example.org')\n"
         "route = config.hooks.choose_route('example.org')\n"
-        "reveal_type(route)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "typecheck"), str(probe)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        "reveal_type(route)\n",
     )
     said = [line.partition("hook_probe.py:")[2] for line in done.stdout.splitlines() if "hook_probe.py:" in line]
     assert any(line.startswith('2: error: Unexpected keyword argument "domian"') for line in said), done.stdout
