@@ -224,25 +224,21 @@ def _options_layer(assignments: tuple[str, ...]) -> str:
     return "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
 
 
+def _config_files_option(help: str) -> Callable:
+    """``-c/--config FILE``, as the group and every command take it (into ``config_files``)."""
+    return click.option("-c", "--config", "config_files", multiple=True, metavar="FILE", help=help)
+
+
+def _assignments_option(help: str) -> Callable:
+    """``-o/--option SECTION.KEY=VALUE``, as the group and every command take it (into ``assignments``)."""
+    return click.option("-o", "--option", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help=help)
+
+
 def layer_options(function: Callable) -> Callable:
     """Give a command its own ``-c`` and ``-o``, pushed after those given before its name."""
 
-    @click.option(
-        "-c",
-        "--config",
-        "config_files",
-        multiple=True,
-        metavar="FILE",
-        help="Push this configuration file as a layer (repeatable).",
-    )
-    @click.option(
-        "-o",
-        "--option",
-        "assignments",
-        multiple=True,
-        metavar="SECTION.KEY=VALUE",
-        help="Set one key, e.g. -o mta.smtp_port=2525 (repeatable).",
-    )
+    @_config_files_option("Push this configuration file as a layer (repeatable).")
+    @_assignments_option("Set one key, e.g. -o mta.smtp_port=2525 (repeatable).")
     @functools.wraps(function)
     def with_layers(*args: Any, config_files: tuple[str, ...], assignments: tuple[str, ...], **kwargs: Any):
         context = click.get_current_context()
@@ -348,22 +344,8 @@ def _transcript(console: Console) -> Iterator[None]:
 
 @click.group("mailman-mta", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailman-mta")
-@click.option(
-    "-c",
-    "--config",
-    "config_files",
-    multiple=True,
-    metavar="FILE",
-    help="Push this configuration file as a layer (repeatable; also after the command).",
-)
-@click.option(
-    "-o",
-    "--option",
-    "assignments",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Set one key, e.g. -o mta.smtp_port=2525 (repeatable; all go in one layer, '-o').",
-)
+@_config_files_option("Push this configuration file as a layer (repeatable; also after the command).")
+@_assignments_option("Set one key, e.g. -o mta.smtp_port=2525 (repeatable; all go in one layer, '-o').")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
 def main(ctx: click.Context, config_files: tuple[str, ...], assignments: tuple[str, ...], debug: bool) -> None:
