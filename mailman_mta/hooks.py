@@ -13,8 +13,9 @@ is one per configuration state, since a state's plugins never change.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pluggy
 
@@ -23,6 +24,22 @@ if TYPE_CHECKING:
     from .envelope import Envelope
     from .interfaces import IConnection, ITransport
     from .routes import Route
+
+
+class _Call(NamedTuple):
+    """One implementation as `Hooks` calls it: *pick* takes the arguments it names from the keywords.
+
+    (`operator.itemgetter` picks them in C; it gives one value for one name,
+    a tuple for several, which *spread* says.)
+    """
+
+    function: Callable[..., Any]
+    pick: Callable[[dict[str, Any]], Any] | None
+    spread: bool
+
+    @classmethod
+    def of(cls, function: Callable[..., Any], names: tuple[str, ...]) -> _Call:
+        return cls(function, operator.itemgetter(*names) if names else None, len(names) > 1)
 
 
 class Hooks:
@@ -44,10 +61,10 @@ class Hooks:
         self.config = config
         self._manager = manager
         self._relay: Any = manager.hook
-        self._plans: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None] = {}
+        self._plans: dict[str, tuple[_Call, ...] | None] = {}
 
-    def _plan(self, name: str) -> tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None:
-        """(function, argument names) of *name*'s implementations, in call order; None if pluggy must call them."""
+    def _plan(self, name: str) -> tuple[_Call, ...] | None:
+        """How to call *name*'s implementations, in call order; None if pluggy must call them."""
         try:
             return self._plans[name]
         except KeyError:
@@ -55,7 +72,7 @@ class Hooks:
         implementations = getattr(self._relay, name).get_hookimpls()
         plan = None
         if not any(i.hookwrapper or getattr(i, "wrapper", False) for i in implementations):
-            plan = tuple((i.function, tuple(i.argnames)) for i in reversed(implementations))
+            plan = tuple(_Call.of(i.function, tuple(i.argnames)) for i in reversed(implementations))
         self._plans[name] = plan
         return plan
 
@@ -66,15 +83,23 @@ class Hooks:
 
     def _each(self, name: str, **arguments: Any) -> list[Any]:
         """Call every implementation of *name*; their answers that are not None, in call order."""
-        plan = self._plan(name)
+        try:
+            plan = self._plans[name]
+        except KeyError:
+            plan = self._plan(name)
         if plan is None or getattr(self._manager, "monitored", False):
             return getattr(self._relay, name)(config=self.config, **arguments)
         if not plan:
             return []
         arguments["config"] = self.config
         answers = []
-        for function, names in plan:
-            answer = function(*[arguments[argument] for argument in names])
+        for function, pick, spread in plan:
+            if pick is None:
+                answer = function()
+            elif spread:
+                answer = function(*pick(arguments))
+            else:
+                answer = function(pick(arguments))
             if answer is not None:
                 answers.append(answer)
         return answers

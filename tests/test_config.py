@@ -263,3 +263,22 @@ def test_files_that_cannot_be_read_are_named(tmp_path, config):
     with pytest.raises(ConfigurationError, match=r"\[meta\] extends names a file that is not UTF-8"):
         config.push_file(extending)
     assert config.layers == []
+
+
+def test_a_section_reads_as_attributes_and_items_and_cannot_be_changed(config):
+    """Plain keys are attributes (read on every message); the rest only by item; nothing is assigned."""
+    from mailman_mta.config.settings import SectionSettings
+
+    mta = config.settings.mta
+    assert mta.smtp_port == mta["smtp_port"] == 25
+    with pytest.raises(AttributeError, match=r"\[mta\] is read-only"):
+        mta.smtp_port = 26
+    assert mta.smtp_port == 25
+
+    odd = SectionSettings("odd", {"class": 1, "items": 2, "name": 3, "plain": 4})
+    assert odd["class"] == getattr(odd, "class") == 1
+    assert odd["items"] == 2 and callable(odd.items)
+    assert odd["name"] == 3 and odd.name == "odd"
+    assert odd.plain == 4
+    with pytest.raises(AttributeError, match=r"\[odd\] has no key 'missing'"):
+        odd.missing  # noqa: B018

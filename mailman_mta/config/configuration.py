@@ -305,7 +305,8 @@ class Configuration:
     @property
     def settings(self) -> Settings:
         """The effective values, converted to their types."""
-        return self._current().settings
+        state = getattr(self._pins, "state", None)
+        return (state if state is not None else self._latest()).settings
 
     @property
     def hook(self) -> pluggy.HookRelay:
@@ -315,7 +316,9 @@ class Configuration:
     @property
     def hooks(self) -> Hooks:
         """The enabled plugins' hooks as typed methods (see `mailman_mta.hooks`)."""
-        state = self._current()
+        state = getattr(self._pins, "state", None)
+        if state is None:
+            state = self._latest()
         hooks = state.hooks
         if hooks is None:
             hooks = Hooks(self, state.manager)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,14 +12,22 @@ from ..schema import PLUGIN_CATEGORY
 class SectionSettings(Mapping[str, Any]):
     """The typed, read-only values of one section: ``section.smtp_port``.
 
-    Keys that are Python keywords (``class``) are read with ``section['class']``.
+    Keys that are Python keywords (``class``) are read with ``section['class']``,
+    as are keys that share a name with a `Mapping` method (``section['items']``).
+    Every other key is also a plain attribute, because plugins read them on
+    every message and an attribute costs no Python call.
     """
 
-    __slots__ = ("name", "_values")
-
     def __init__(self, name: str, values: dict[str, Any]) -> None:
-        self.name = name
-        self._values = values
+        fields = self.__dict__
+        fields["name"] = name
+        fields["_values"] = values
+        for key, value in values.items():
+            if key.isidentifier() and not keyword.iskeyword(key) and not hasattr(SectionSettings, key):
+                fields.setdefault(key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"[{self.name}] is read-only: push a configuration layer to change {key!r}")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -52,10 +52,11 @@ def mail_options(envelope: Envelope, transport: ITransport) -> list[str]:
     exceeds the server's SIZE, and `EnvelopeError` for a malformed parameter.
     """
     options = list(envelope.mail_options)
+    declared: set[str] = set()
     if options or envelope.rcpt_options:
         check_parameters(options, "MAIL")
         check_parameters(envelope.rcpt_options, "RCPT")
-    declared = {option.split("=", 1)[0].upper() for option in options}
+        declared = {option.split("=", 1)[0].upper() for option in options}
     message = envelope.message
 
     if transport.has_extn("size"):

@@ -34,7 +34,6 @@ import re
 import smtplib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol
 
 from ..envelope import DROPPED, Verdict
@@ -182,7 +181,7 @@ class TransactionResult:
             return None, None
         return self.reply, (self.error if self.reply is None else None)
 
-    @cached_property
+    @property
     def refused(self) -> dict[str, tuple[int, bytes]]:
         """Recipients the server refused, as `smtplib.SMTP.sendmail` reports them.
 
@@ -191,8 +190,12 @@ class TransactionResult:
         transaction ended without a reply is not in it; `error` says why.
         A recipient a plugin refused has the plugin's reply; one it dropped
         has the code `mailman_mta.envelope.DROPPED` (0).  Worked out once,
-        when first asked for after the transaction.
+        when first asked for after the transaction.  (Kept by hand: Python
+        3.11's ``functools.cached_property`` takes a lock on every read.)
         """
+        cached = self.__dict__.get("_refused")
+        if cached is not None:
+            return cached
         refused = {
             recipient: (DROPPED if verdict.code is None else verdict.code, verdict.text.encode("utf-8"))
             for recipient, verdict in self.verdicts.items()
@@ -201,6 +204,7 @@ class TransactionResult:
             reply, _ = self.outcome(index)
             if reply is not None:
                 refused[recipient] = (reply.code, reply.text)
+        self.__dict__["_refused"] = refused
         return refused
 
 
@@ -240,7 +244,7 @@ def _chunks(view: memoryview, start: int, end: int) -> Iterator[memoryview]:
 
 
 def _parameters(options: Sequence[str]) -> str:
-    return "".join(" " + option for option in options)
+    return " " + " ".join(options) if options else ""
 
 
 class Transaction:

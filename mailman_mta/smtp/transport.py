@@ -348,8 +348,11 @@ class SMTPTransport(smtplib.SMTP):
 
         On any failure the connection is closed first.
         """
+        reader = self._reader
+        if reader is None or reader.sock is not self.sock:
+            reader = self._reply_reader()
         try:
-            reply = self._reply_reader().read(command)
+            reply = reader.read(command)
         except smtplib.SMTPServerDisconnected:
             self.close()
             raise
@@ -373,7 +376,7 @@ class SMTPTransport(smtplib.SMTP):
     def unread(self) -> int:
         """Octets received from the server and not yet read as a reply."""
         reader = self._reader
-        return reader.buffered if reader is not None and reader.sock is self.sock else 0
+        return len(reader._buffer) if reader is not None and reader.sock is self.sock else 0
 
     def getreply(self):
         """`smtplib`'s reply reader, replaced by ours: (code, text) as smtplib returns them."""
