@@ -235,7 +235,11 @@ class Connection:
         explicit = self._explicit
         if key in explicit:
             return explicit[key]
-        return self.config.settings.mta[key]
+        try:
+            # An attribute: no Python call (plugins ask on every message).
+            return getattr(self.config.settings.mta, key)
+        except AttributeError:
+            raise KeyError(key) from None
 
     @property
     def host(self) -> str:
@@ -471,11 +475,12 @@ class Connection:
             try:
                 result = self._send_with_one_retry(config, hooks, envelope, chained, then)
                 result.verdicts = dict(envelope.verdicts)
-                result.duration = time.monotonic() - started
+                ended = time.monotonic()
+                result.duration = ended - started
                 if self.transport is not None:
                     if result.stage != BEFORE or result.error is None:
                         self.session_count += 1
-                    self.last_used_at = time.monotonic()
+                    self.last_used_at = ended
                 self._report(envelope, result)
             except BaseException as interruption:
                 if result is None:

@@ -15,15 +15,42 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
     from .config import Configuration
+    from .config.settings import Settings
     from .envelope import Envelope
     from .interfaces import IConnection, ITransport
     from .routes import Route
+
+
+#: The attribute `idle_unless` sets on a hook implementation.
+IDLE_UNLESS = "mta_idle_unless"
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def idle_unless(predicate: Callable[[Settings], object]) -> Callable[[_Function], _Function]:
+    """Mark a hook implementation that does nothing unless ``predicate(settings)`` is true.
+
+    For a plugin that is enabled but whose feature is switched off by one
+    of its settings (``devmode`` with ``[devmode] enabled: no``): `Hooks`
+    asks *predicate* once per configuration state (whose settings never
+    change) and leaves the implementation out of that state's calls, so it
+    costs nothing per message.  pluggy itself, when it calls the hooks (a
+    wrapper, a hook-call monitor), still calls it, so the implementation
+    must check the setting too and do nothing then.  Goes under
+    ``@hookimpl``.
+    """
+
+    def mark(function: _Function) -> _Function:
+        setattr(function, IDLE_UNLESS, predicate)
+        return function
+
+    return mark
 
 
 class _Call(NamedTuple):
@@ -55,11 +82,12 @@ class Hooks:
     (`pluggy.PluginManager.add_hookcall_monitoring`, `enable_tracing`).
     """
 
-    __slots__ = ("config", "_manager", "_relay", "_plans")
+    __slots__ = ("config", "_manager", "_relay", "_plans", "_settings")
 
-    def __init__(self, config: Configuration, manager: pluggy.PluginManager) -> None:
+    def __init__(self, config: Configuration, manager: pluggy.PluginManager, settings: Settings) -> None:
         self.config = config
         self._manager = manager
+        self._settings = settings
         self._relay: Any = manager.hook
         self._plans: dict[str, tuple[_Call, ...] | None] = {}
 
@@ -72,9 +100,16 @@ class Hooks:
         implementations = getattr(self._relay, name).get_hookimpls()
         plan = None
         if not any(i.hookwrapper or getattr(i, "wrapper", False) for i in implementations):
-            plan = tuple(_Call.of(i.function, tuple(i.argnames)) for i in reversed(implementations))
+            plan = tuple(
+                _Call.of(i.function, tuple(i.argnames)) for i in reversed(implementations) if self._working(i.function)
+            )
         self._plans[name] = plan
         return plan
+
+    def _working(self, function: Callable[..., Any]) -> bool:
+        """Does *function* do anything in this state?  Not if `idle_unless` says it is idle."""
+        predicate = getattr(function, IDLE_UNLESS, None)
+        return predicate is None or bool(predicate(self._settings))
 
     def implemented(self, name: str) -> bool:
         """Does any enabled plugin implement the hook *name*?  Asked once per state."""

@@ -14,6 +14,7 @@ real recipients.
 
 from mailman_mta import hookimpl
 from mailman_mta.errors import ConfigurationError
+from mailman_mta.hooks import idle_unless
 from mailman_mta.values import as_flag, as_optional_address
 
 
@@ -39,6 +40,7 @@ def mta_declare_config(schema):
 
 
 @hookimpl(trylast=True)
+@idle_unless(lambda settings: settings.devmode.enabled)
 def mta_rewrite_recipients(config, envelope):
     devmode = config.settings.devmode
     if devmode.enabled:

@@ -450,3 +450,43 @@ def test_per_message_hooks_keep_pluggy_order_wrappers_and_monitors(mta_config, m
         undo()
     connection.quit()
     assert "mta_session_allowed" in seen and "mta_rewrite_recipients" in seen, seen
+
+
+def test_an_idle_implementation_is_left_out_while_its_setting_is_off(mta_config, mta_smtpd, added, mta_layers):
+    """`idle_unless`: asked once per configuration state; pluggy's own calls still reach the function."""
+    from mailman_mta.hooks import idle_unless
+
+    asked = []
+    rewrote = []
+
+    class Shouting:
+        @hookimpl
+        @idle_unless(lambda settings: asked.append(settings) or settings.mta.smtp_host == "shout.example")
+        def mta_rewrite_recipients(self, config, envelope):
+            if config.settings.mta.smtp_host == "shout.example":
+                rewrote.append(envelope.recipients[0])
+
+    added("shouting", Shouting())
+    mta_layers.push("on", "[plugin.shouting]\nenabled: yes\n")
+    connection = Connection()
+    send(connection)
+    send(connection)
+    assert len(asked) == 1, "asked once for the state, not per message"
+    assert not mta_config.hooks.implemented("mta_rewrite_recipients"), "devmode (off) and this one are idle"
+    mta_layers.push("loud", "[mta]\nsmtp_host: shout.example\n")
+    assert mta_config.hooks.implemented("mta_rewrite_recipients")
+    assert len(asked) == 2, "a new state is asked again"
+    mta_layers.pop("loud")
+    connection.quit()
+    assert rewrote == [] and len(mta_smtpd.messages) == 2
+
+    seen = []
+    undo = mta_config.plugin_manager.add_hookcall_monitoring(
+        lambda name, implementations, kwargs: seen.append([i.plugin_name for i in implementations]),
+        lambda outcome, name, implementations, kwargs: None,
+    )
+    try:
+        mta_config.hook.mta_rewrite_recipients(config=mta_config, connection=connection, envelope=None)
+    finally:
+        undo()
+    assert "shouting" in seen[0], "pluggy's relay still holds it: the function itself must check"

@@ -321,7 +321,7 @@ class Configuration:
             state = self._latest()
         hooks = state.hooks
         if hooks is None:
-            hooks = Hooks(self, state.manager)
+            hooks = Hooks(self, state.manager, state.settings)
             object.__setattr__(state, "hooks", hooks)
         return hooks
 

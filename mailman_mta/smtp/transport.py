@@ -66,7 +66,7 @@ DEFAULT_COMMAND_TIMEOUT = 300.0
 #: and its terminating dot leave in a single segment.
 _COALESCE_OCTETS = 64 * 1024
 
-#: Whether a plain socket's writes may go straight to its descriptor (see `_write_now`).
+#: Whether a plain socket's writes may go straight to its descriptor (see `SMTPTransport._sendall`).
 _WRITES_DIRECTLY = os.name == "posix"
 
 #: AUTH challenges answered before the exchange is abandoned.
@@ -115,22 +115,6 @@ def readable_now(sock: socket.socket) -> bool:
     with selectors.DefaultSelector() as selector:  # pragma: no cover
         selector.register(sock, selectors.EVENT_READ)
         return bool(selector.select(0))
-
-
-def _write_now(sock: socket.socket, data: bytes | memoryview) -> int:
-    """Write what *sock* takes without waiting; how many octets that was.
-
-    For a plain socket with a timeout, whose descriptor Python keeps
-    non-blocking: ``sendall`` would poll before writing, a second system
-    call for each command.  A TLS socket gets 0: its data must go through
-    TLS.
-    """
-    if type(sock) is not socket.socket:
-        return 0
-    try:
-        return os.write(sock.fileno(), data)
-    except BlockingIOError:
-        return 0
 
 
 # -- what callers ask of any transport ---------------------------------------
@@ -464,11 +448,15 @@ class SMTPTransport(smtplib.SMTP):
                 if left <= 0:
                     self.close()
                     raise reader.past_deadline(f"sending {self.last_command}")
-        if timeout is not None and _WRITES_DIRECTLY:
-            # What fits in the socket's buffer now goes in one system call
-            # (sendall on a socket with a timeout polls before every send).
+        if timeout is not None and _WRITES_DIRECTLY and type(sock) is socket.socket:
+            # A plain socket with a timeout is non-blocking underneath, and
+            # its sendall polls before every send: what fits in its buffer
+            # now goes straight to the descriptor, in one system call.  (A
+            # TLS socket's data must go through TLS.)
             try:
-                sent = _write_now(sock, data)
+                sent = os.write(sock.fileno(), data)
+            except BlockingIOError:
+                sent = 0
             except OSError as error:
                 raise self._lost_while_sending(error) from error
             if sent == len(data):
