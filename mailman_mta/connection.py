@@ -466,7 +466,7 @@ class Connection:
                 if not self._prepare_once(hooks, envelope):
                     judged = TransactionResult(envelope.sender, (), stage=BEFORE, verdicts=dict(envelope.verdicts))
                     judged.error = smtplib.SMTPRecipientsRefused(judged.refused)
-                    self._report(envelope, judged)
+                    self._report(hooks, envelope, judged)
                     return judged
                 if self.transport is not None and not self._may_carry_another(config, hooks):
                     self.quit()
@@ -481,7 +481,7 @@ class Connection:
                     if result.stage != BEFORE or result.error is None:
                         self.session_count += 1
                     self.last_used_at = ended
-                self._report(envelope, result)
+                self._report(hooks, envelope, result)
             except BaseException as interruption:
                 if result is None:
                     # Ctrl-C while sending: the message went out if its
@@ -496,7 +496,7 @@ class Connection:
                         data_sent=data_sent,
                     )
                     result.verdicts = dict(envelope.verdicts)
-                    self._report(envelope, result)
+                    self._report(hooks, envelope, result)
                 # For the caller to report: what happened before the interruption.
                 setattr(interruption, "transaction", result)  # noqa: B010 (not a declared attribute)
                 raise
@@ -722,15 +722,15 @@ class Connection:
             self._chained = (then, following[0], transport)
         return result
 
-    def _report(self, envelope: Envelope, result: TransactionResult) -> None:
+    def _report(self, hooks: Hooks, envelope: Envelope, result: TransactionResult) -> None:
         """Call every `mta_delivery_result` implementation, each on its own.
 
         They only observe: one that raises is logged and cannot change the
         result, nor keep the others from seeing it.
         """
-        config = self.config
-        if not config.hooks.implemented("mta_delivery_result"):
+        if not hooks.implemented("mta_delivery_result"):
             return
+        config = self.config
         implementations = config.hook.mta_delivery_result.get_hookimpls()
         arguments = dict(
             config=config, connection=self, envelope=envelope, refused=result.refused, error=result.error, result=result

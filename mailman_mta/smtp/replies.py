@@ -98,6 +98,9 @@ class Reply(NamedTuple):
         return [f"{self.code}-{text}" for text in texts[:-1]] + [f"{self.code} {texts[-1]}".rstrip()]
 
 
+_new_tuple = tuple.__new__
+
+
 class ReplyReader:
     """Reads replies from one socket; see the module docstring.
 
@@ -196,7 +199,9 @@ class ReplyReader:
             return None
         text = match[2]
         text = text.strip(b" \t") if text else b""
-        return Reply(int(match[1]), (text if self.mask is None else self.mask(text),)), end
+        # tuple.__new__: a NamedTuple's own __new__ is Python code, and this
+        # runs for every reply.
+        return _new_tuple(Reply, (int(match[1]), (text if self.mask is None else self.mask(text),))), end
 
     def _read_lines(self, command: str) -> Reply:
         """The general case: several lines, or lines that arrive in pieces."""
