@@ -43,7 +43,9 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
     assert "| goal (ratio to the baseline in this run) |" in result.stdout
     assert "| VERP, one post to 40 members, 3 ms away: 4 connections >= 3x one" in result.stdout
     assert "| lock-step | 1 | mailman-mta Connection, pipelining |" in result.stdout
-    assert "mailman-mta Connection, pipelining, 1 rcpt, lock-step: msg/s >= 0.95x" in result.stdout
+    assert "mailman-mta Connection, pipelining, 1 rcpt, lock-step: msg/s >= 0.95x, side by side (" in result.stdout
+    side_by_side = json.loads((tmp_path / "results.json").read_text())["lock_step_side_by_side"]
+    assert side_by_side["messages"] > 0 and side_by_side["ratio"] > 0
     assert "| VERP, client CPU per copy <= 0.8x an smtplib loop rewriting the sender, sink" in result.stdout
 
 
