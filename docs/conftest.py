@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 from sybil import Sybil
+from sybil.integration import pytest as sybil_pytest
 from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
 
 from mailman_mta.connection import Connection
@@ -42,6 +43,25 @@ def close_connections(namespace: dict) -> None:
         namespace.clear()
         gc.collect()
 
+
+_sybil_traceback_filter = sybil_pytest.SybilItem._traceback_filter
+
+
+def _traceback_filter(self, excinfo):
+    """sybil's, but for an error that did not come from the example too.
+
+    sybil 10 assumes every failure's traceback passes through the example,
+    and raises IndexError otherwise (say, for pytest's own warning about an
+    exception no one could catch, raised as an error here), which becomes
+    an INTERNALERROR that hides the failure and stops the run.
+    """
+    try:
+        return _sybil_traceback_filter(self, excinfo)
+    except IndexError:
+        return excinfo.traceback
+
+
+sybil_pytest.SybilItem._traceback_filter = _traceback_filter
 
 pytest_collect_file = Sybil(
     parsers=[
