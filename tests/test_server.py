@@ -128,3 +128,28 @@ def test_random_failures_and_drops_are_repeatable_with_a_seed(mta_smtpd):
     mta_smtpd.misbehave_at_random()
     with pytest.raises(ValueError, match="fail_rate must be from 0 to 1"):
         mta_smtpd.misbehave_at_random(fail_rate=2)
+
+
+def test_after_a_421_the_server_closes_and_a_fault_waits_for_the_next_connection(mta_smtpd):
+    """RFC 5321 3.8: nothing pipelined behind a 421 is answered, nor takes a fault scripted meanwhile."""
+    import socket
+
+    mta_smtpd.refuse_recipient("bart@example.com", "421 4.3.2 Shutting down")
+    with socket.create_connection((mta_smtpd.hostname, mta_smtpd.port), timeout=10) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        sock.sendall(b"EHLO test.example\r\n")
+        while replies.readline()[3:4] == b"-":
+            pass
+        sock.sendall(
+            b"MAIL FROM:<list@example.com>\r\nRCPT TO:<bart@example.com>\r\nRCPT TO:<cate@example.com>\r\nDATA\r\n"
+        )
+        assert replies.readline().startswith(b"250")
+        assert replies.readline().startswith(b"421")
+        mta_smtpd.script("RCPT", reply="550 5.1.1 Scripted for the next connection")
+        assert replies.read() == b"", "the server closed after the 421 and answered nothing more"
+        replies.close()
+    with smtplib.SMTP(mta_smtpd.hostname, mta_smtpd.port) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("list@example.com", ["cate@example.com"], b"Subject: x\r\n\r\n")
+    assert refused.value.recipients == {"cate@example.com": (550, b"5.1.1 Scripted for the next connection")}

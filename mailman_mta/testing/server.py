@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from email.message import Message as EmailMessage
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import MessageBase
@@ -215,9 +215,24 @@ class _CountingSMTP(SMTP):
         await super()._handle_client()
 
     async def _fault(self, point: str) -> bool:
-        """Apply the fault scripted at *point*, if any; True if it replaced the answer."""
+        """Apply the fault scripted at *point*, if any; True if it replaced the answer.
+
+        A command read after this side closed the connection (the commands
+        a client pipelined behind a 421) gets no answer, and takes no
+        fault: a fault is scripted for the next connection to reach its
+        point, not for one that is already gone.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return True
         fault = self._counting_server._take_fault(point)
         return fault is not None and await self._misbehave(fault)
+
+    async def push(self, status: AnyStr) -> None:
+        """Send a reply; after a 421, close the connection, as RFC 5321 3.8 says a server does."""
+        await super().push(status)
+        code = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if code == "421" and self.transport is not None:
+            self.transport.close()
 
     async def _misbehave(self, fault: Fault, *, push_reply: bool = True) -> bool:
         """Carry out *fault*, the one way every point does: wait, hang, reply, close.
