@@ -217,12 +217,13 @@ class _CountingSMTP(SMTP):
     async def _fault(self, point: str) -> bool:
         """Apply the fault scripted at *point*, if any; True if it replaced the answer.
 
-        A command read after this side closed the connection (the commands
-        a client pipelined behind a 421) gets no answer, and takes no
-        fault: a fault is scripted for the next connection to reach its
-        point, not for one that is already gone.
+        A command read after either side closed the connection (the
+        commands a client pipelined behind a 421, or before it gave up on
+        a reply) gets no answer, and takes no fault: a fault is scripted
+        for the next connection to reach its point, not for one that is
+        already gone but that this server, when busy, reads late.
         """
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._reader.at_eof():
             return True
         fault = self._counting_server._take_fault(point)
         return fault is not None and await self._misbehave(fault)
