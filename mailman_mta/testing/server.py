@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import re
+import select
 import socket
 import ssl
 import threading
@@ -89,6 +90,31 @@ FAULT_POINTS = (
 HANG_SECONDS = 120.0
 
 _REPLY = re.compile(r"^[2-5]\d\d[ -]")
+
+#: How long `CountingSMTPServer.script` waits for connections whose
+#: clients hung up to be gone from the server too.
+SETTLE_SECONDS = 2.0
+
+
+def _ending(protocol: SMTP) -> bool:
+    """Is *protocol*'s connection over, closed by either side, though the server is not done with it?
+
+    The client's side is looked at with poll(2), without reading.
+    """
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
+        events = poller.poll(0)
+    except (AttributeError, OSError, ValueError):  # no socket, or closed meanwhile
+        return True
+    return any(mask & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, mask in events)
+
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 @dataclass
@@ -593,6 +619,7 @@ class CountingSMTPServer:
         point = point.upper()
         if point not in FAULT_POINTS:
             raise ValueError(f"cannot script a fault at {point!r}; the points are {', '.join(FAULT_POINTS)}")
+        self._settle()
         if reply is not None and not _REPLY.match(reply):
             raise ValueError(f"reply {reply!r} is not an SMTP reply line like '421 4.3.2 Going down'")
         if hang and (reply or close):
@@ -605,6 +632,17 @@ class CountingSMTPServer:
             raise ValueError("times and delay cannot be negative")
         with self._lock:
             self._faults.append(Fault(point, reply, close, delay, hang, accept, times))
+
+    def _settle(self) -> None:
+        """Wait until this server is done with every connection whose client has hung up (`SETTLE_SECONDS` at most).
+
+        A busy server reads the last commands a client pipelined before it
+        gave up late, after the client has moved on: a fault scripted now
+        is for the next connection, and must not go to them.
+        """
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while any(_ending(protocol) for protocol in list(self._live)) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def clear_faults(self) -> None:
         """Forget every scripted fault that has not fired yet."""
