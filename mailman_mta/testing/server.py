@@ -614,7 +614,9 @@ class CountingSMTPServer:
         At ``CONNECT`` a *reply* replaces the greeting and ends the
         connection.  ``MID-DATA`` reads the first line of the message and
         then closes (or hangs).  Faults at one point fire in the order
-        they were scripted.
+        they were scripted, on the next connections to reach it: first
+        the server finishes with every connection that is already over
+        (waiting `SETTLE_SECONDS` at most).
         """
         point = point.upper()
         if point not in FAULT_POINTS:
