@@ -685,17 +685,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
     started = time.monotonic()
     measured = run(arguments.quick, peers, 1 if arguments.quick else arguments.rounds)
-    rows, notes, verp, verp_cpu, lockstep = (
-        measured.rows,
-        measured.notes,
-        measured.verp,
-        measured.verp_cpu,
-        measured.lockstep,
-    )
-    print(table(rows))
+    print(table(measured.rows))
     print()
-    print(goals_report(rows, verp, verp_cpu, lockstep))
-    for note in notes:
+    print(goals_report(measured.rows, measured.verp, measured.verp_cpu, measured.lockstep))
+    for note in measured.notes:
         print(f"\n{note}")
     print(
         f"\n{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
@@ -705,21 +698,30 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "rows": [
-                    asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message} for row in rows
+                    asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message}
+                    for row in measured.rows
                 ],
-                "verp_seconds": {"members": verp[2], "1 connection": verp[0], "4 connections": verp[1]}
-                if verp
+                "verp_seconds": {
+                    "members": measured.verp[2],
+                    "1 connection": measured.verp[0],
+                    "4 connections": measured.verp[1],
+                }
+                if measured.verp
                 else None,
-                "verp_cpu_per_copy": {"ratio": verp_cpu[0], "smtplib": verp_cpu[1], "mailman-mta": verp_cpu[2]}
-                if verp_cpu
+                "verp_cpu_per_copy": {
+                    "ratio": measured.verp_cpu[0],
+                    "smtplib": measured.verp_cpu[1],
+                    "mailman-mta": measured.verp_cpu[2],
+                }
+                if measured.verp_cpu
                 else None,
-                "lock_step_side_by_side": asdict(lockstep) if lockstep else None,
-                "notes": notes,
+                "lock_step_side_by_side": asdict(measured.lockstep) if measured.lockstep else None,
+                "notes": measured.notes,
             },
             indent=2,
         )
     )
-    if chart(rows, arguments.chart):
+    if chart(measured.rows, arguments.chart):
         print(f"chart: {arguments.chart}")
     return 0
 

@@ -91,9 +91,11 @@ HANG_SECONDS = 120.0
 
 _REPLY = re.compile(r"^[2-5]\d\d[ -]")
 
-#: How long `CountingSMTPServer.script` waits for connections whose
-#: clients hung up to be gone from the server too.
+#: How long `CountingSMTPServer.script` waits for connections that are
+#: over to be gone from the server too.
 SETTLE_SECONDS = 2.0
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 def _ending(protocol: SMTP) -> bool:
@@ -112,9 +114,6 @@ def _ending(protocol: SMTP) -> bool:
     except (AttributeError, OSError, ValueError):  # no socket, or closed meanwhile
         return True
     return any(mask & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, mask in events)
-
-
-_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 @dataclass
@@ -249,7 +248,7 @@ class _CountingSMTP(SMTP):
         for the next connection to reach its point, not for one that is
         already gone but that this server, when busy, reads late.
         """
-        if self.transport is None or self.transport.is_closing() or self._reader.at_eof():
+        if _ending(self) or self._reader.at_eof():
             return True
         fault = self._counting_server._take_fault(point)
         return fault is not None and await self._misbehave(fault)
@@ -621,7 +620,6 @@ class CountingSMTPServer:
         point = point.upper()
         if point not in FAULT_POINTS:
             raise ValueError(f"cannot script a fault at {point!r}; the points are {', '.join(FAULT_POINTS)}")
-        self._settle()
         if reply is not None and not _REPLY.match(reply):
             raise ValueError(f"reply {reply!r} is not an SMTP reply line like '421 4.3.2 Going down'")
         if hang and (reply or close):
@@ -632,11 +630,12 @@ class CountingSMTPServer:
             raise ValueError("accept= only means something at END-OF-DATA")
         if times < 0 or delay < 0:
             raise ValueError("times and delay cannot be negative")
+        self._settle()
         with self._lock:
             self._faults.append(Fault(point, reply, close, delay, hang, accept, times))
 
     def _settle(self) -> None:
-        """Wait until this server is done with every connection whose client has hung up (`SETTLE_SECONDS` at most).
+        """Wait until this server is done with every connection that is over (`SETTLE_SECONDS` at most).
 
         A busy server reads the last commands a client pipelined before it
         gave up late, after the client has moved on: a fault scripted now
