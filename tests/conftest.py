@@ -15,6 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+#: pytest keeps its rewritten test modules in __pycache__ only where bytecode
+#: may be written; under PYTHONDONTWRITEBYTECODE (set in many containers) every
+#: process of every run compiled them all again, a third of the inner loop's CPU.
+sys.dont_write_bytecode = False
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
