@@ -18,7 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailman_mta.errors import SMTPProtocolError, SMTPTimeoutError
+from mailman_mta.smtp import replies
 from mailman_mta.smtp.replies import MAX_LINE_OCTETS, MAX_REPLY_OCTETS, Reply, ReplyReader
+from mailman_mta.smtp.transport import readable_now
 
 
 @pytest.fixture
@@ -287,3 +289,101 @@ def test_a_relay_refusing_every_recipient_at_length_leaves_a_small_result():
     assert {failure.code for failure in result.refused.values()} == {550}
     assert all(len(failure.message.encode()) <= KEPT_OCTETS + 40 for failure in result.refused.values())
     assert all("more octets not kept]" in failure.message for failure in result.refused.values())
+
+
+# -- fewer wake-ups for pipelined replies (SO_RCVLOWAT, plain TCP only) ------
+
+
+@pytest.fixture
+def tcp_pair():
+    """A connected loopback TCP pair: the low-water mark is a TCP socket's."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname(), timeout=10.0)
+        theirs, _ = listener.accept()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+class CountingPoller:
+    """The reader's poller, counting the waits that ended with input."""
+
+    def __init__(self, poller):
+        self.poller = poller
+        self.wake_ups = 0
+
+    def poll(self, timeout):
+        ready = self.poller.poll(timeout)
+        self.wake_ups += bool(ready)
+        return ready
+
+
+def written_one_by_one(sock: socket.socket, replies: list[bytes], gap: float) -> threading.Thread:
+    def write():
+        for reply in replies:
+            time.sleep(gap)
+            sock.sendall(reply)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
+
+
+@pytest.mark.parametrize("shortest, most_wake_ups", [(4, 2), (0, 4)], ids=["low water", "each reply"])
+def test_replies_written_one_by_one_wake_the_reader_once_per_enough_octets(
+    tcp_pair, monkeypatch, shortest, most_wake_ups
+):
+    """Four 5-octet replies: the first wait needs 13 octets (1 + 4 for each reply after it), so three replies."""
+    ours, theirs = tcp_pair
+    monkeypatch.setattr(replies, "LOW_WATER_PATIENCE", 5.0)
+    monkeypatch.setattr(replies, "SHORTEST_REPLY_OCTETS", shortest)
+    reader = reader_for(ours)
+    reader._poller = poller = CountingPoller(reader._poller)
+    writer = written_one_by_one(theirs, [b"250\r\n", b"250\r\n", b"250\r\n", b"354\r\n"], gap=0.05)
+    got = [reply.code for reply in reader.read_many(["MAIL", "RCPT", "RCPT", "DATA"])]
+    writer.join()
+    assert got == [250, 250, 250, 354]
+    assert poller.wake_ups <= most_wake_ups
+
+
+def test_a_relay_that_sends_less_than_a_group_needs_is_heard_after_a_moment(tcp_pair):
+    """A 421 on its own (a relay that then keeps the connection open, against RFC 5321 3.8) is read at once.
+
+    The wait for the group's octets gives up after `LOW_WATER_PATIENCE`,
+    not after the reply's whole timeout (10 s here).
+    """
+    ours, theirs = tcp_pair
+    theirs.sendall(b"421\r\n")
+    reader = reader_for(ours)
+    started = time.monotonic()
+    got = [reply.code for reply in reader.read_many(["MAIL", "RCPT", "RCPT", "DATA"])]
+    assert got == [421]
+    assert time.monotonic() - started < replies.LOW_WATER_PATIENCE + 2.0
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
+def test_short_garbage_in_a_group_is_still_a_protocol_error_not_a_timeout(tcp_pair):
+    ours, theirs = tcp_pair
+    theirs.sendall(b"250\r\nx\n")
+    reader = reader_for(ours)
+    replies_read = reader.read_many(["MAIL", "RCPT", "RCPT", "DATA"])
+    assert next(replies_read).code == 250
+    started = time.monotonic()
+    with pytest.raises(SMTPProtocolError, match="not SMTP"):
+        next(replies_read)
+    assert time.monotonic() - started < replies.LOW_WATER_PATIENCE + 2.0
+
+
+def test_settle_lets_a_poll_see_a_short_unprompted_reply_after_a_group(tcp_pair):
+    """A group read in one wake-up leaves the mark raised; `settle` (asked by liveness checks) lowers it."""
+    ours, theirs = tcp_pair
+    reader = reader_for(ours)
+    theirs.sendall(b"250 a\r\n250 b\r\n250 c\r\n354 d\r\n")
+    assert len(list(reader.read_many(["MAIL", "RCPT", "RCPT", "DATA"]))) == 4
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 13
+    theirs.sendall(b"421\r\n")
+    time.sleep(0.05)
+    assert not readable_now(ours)
+    reader.settle()
+    assert readable_now(ours)
+    assert reader.read("NOOP").code == 421

@@ -9,6 +9,12 @@ A relay we do not control decides how long and how large its replies are.
 - **size**: a line longer than `MAX_LINE_OCTETS` or a reply larger than
   `MAX_REPLY_OCTETS` is refused as soon as it is seen, without buffering
   the rest, so memory stays flat whatever the server sends;
+- **wake-ups**: while several pipelined replies are awaited on a plain TCP
+  socket, the kernel is asked (``SO_RCVLOWAT``) not to wake us until as
+  many octets have come as the replies still awaited must at least take,
+  so a relay that writes each reply on its own costs fewer wake-ups; a
+  wait that would outlast `LOW_WATER_PATIENCE` falls back to waking on
+  any octet, so a relay that breaks off early is seen as before;
 - **syntax** (RFC 5321 section 4.2): three digits whose first is 2 to 5,
   then a space, a hyphen (more lines follow) or the end of the line, and
   the same code on every line of a multi-line reply.
@@ -23,7 +29,10 @@ kept as bytes, and the text after the code is joined with newlines, as
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import select
 import smtplib
 import socket
 import time
@@ -46,6 +55,14 @@ MAX_REPLY_OCTETS = 64 * 1024
 KEPT_OCTETS = 1024
 
 _RECV_OCTETS = 64 * 1024
+
+#: The fewest octets a reply can take: three digits and a bare LF.
+SHORTEST_REPLY_OCTETS = 4
+
+#: Seconds a wait for several replies holds out for all of them to have
+#: begun arriving before it wakes on any octet: a relay that sends fewer
+#: (garbage, or a 421 without closing) is then read as it would be anyway.
+LOW_WATER_PATIENCE = 0.1
 
 # The usual case, a whole one-line reply already buffered, in one match.
 _ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
@@ -127,6 +144,18 @@ class ReplyReader:
         #: and how long it was given: every reply ends by then too.
         self.deadline: float | None = None
         self.deadline_seconds = 0.0
+        #: Replies awaited after the one being read (set by `read_many`).
+        self._after = 0
+        #: The socket's SO_RCVLOWAT, as we set it; None where it cannot be set.
+        self._low_water: int | None = 1 if sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        #: A plain socket is waited on here and read with read(2): no
+        #: timeout to shorten, and no second poll inside ``recv``.
+        self._poller: select.poll | None = None
+        self._fd = -1
+        if type(sock) is socket.socket and hasattr(select, "poll"):
+            self._fd = sock.fileno()
+            self._poller = select.poll()
+            self._poller.register(self._fd, select.POLLIN | select.POLLPRI)
 
     @property
     def buffered(self) -> int:
@@ -166,13 +195,20 @@ class ReplyReader:
         it has been handed out already.
         """
         done = 0
-        while done < len(commands):
-            replies = self._buffered_replies(len(commands) - done) or [self.read(commands[done])]
-            for reply in replies:
-                yield reply
-                if reply.code == 421:
-                    return
-            done += len(replies)
+        try:
+            while done < len(commands):
+                replies = self._buffered_replies(len(commands) - done)
+                if not replies:
+                    self._after = len(commands) - done - 1
+                    replies = [self.read(commands[done])]
+                    self._after = 0
+                for reply in replies:
+                    yield reply
+                    if reply.code == 421:
+                        return
+                done += len(replies)
+        finally:
+            self._after = 0
 
     def _buffered_replies(self, most: int) -> list[Reply]:
         """Up to *most* one-line replies that are already buffered, parsed in one pass."""
@@ -247,8 +283,9 @@ class ReplyReader:
         """Wait for more bytes, within what is left of the reply's time.
 
         The first wait for a reply gets the socket's whole timeout, as set;
-        later ones only what is left of it, so the socket's timeout is
-        shortened until the reply is complete.
+        later ones only what is left of it (a TLS socket's timeout is
+        shortened until the reply is complete; a plain socket is polled
+        for what is left).
         """
         sock = self.sock
         now = time.monotonic()
@@ -262,13 +299,16 @@ class ReplyReader:
         past_deadline = False
         if self.deadline is not None and (remaining is None or self.deadline - now < remaining):
             remaining, past_deadline = self.deadline - now, True
-        if remaining is not None and (past_deadline or not first):
-            if remaining <= 0:
-                raise self._timed_out(command, past_deadline)
-            sock.settimeout(remaining)
-            self._shortened = True
+        if remaining is not None and remaining <= 0:
+            raise self._timed_out(command, past_deadline)
         try:
-            chunk = sock.recv(_RECV_OCTETS)
+            if self._poller is not None:
+                chunk = self._wait_and_read(now, remaining)
+            else:
+                if remaining is not None and (past_deadline or not first):
+                    sock.settimeout(remaining)
+                    self._shortened = True
+                chunk = sock.recv(_RECV_OCTETS)
         except TimeoutError:
             raise self._timed_out(command, past_deadline) from None
         except OSError as error:
@@ -280,6 +320,57 @@ class ReplyReader:
                 f"{self.where} closed the connection while waiting for the reply to {command}"
             )
         self._buffer += chunk
+
+    def _wait_and_read(self, now: float, remaining: float | None) -> bytes:
+        """Wait at most *remaining* seconds from *now* (None: for ever) for the plain socket, then read what came.
+
+        Raises TimeoutError when nothing came in time.
+        """
+        poller = self._poller
+        assert poller is not None, "only for a plain socket"
+        low_water = self._low_water
+        if low_water is not None:
+            wanted = 1 + SHORTEST_REPLY_OCTETS * self._after
+            if wanted != low_water:
+                low_water = self._set_low_water(wanted)
+        while True:
+            patient = low_water not in (1, None)
+            wait = remaining
+            if patient and (wait is None or wait > LOW_WATER_PATIENCE):
+                wait = LOW_WATER_PATIENCE
+            if poller.poll(None if wait is None else math.ceil(wait * 1000)):
+                try:
+                    return os.read(self._fd, _RECV_OCTETS)
+                except BlockingIOError:
+                    pass  # woken for nothing: wait again
+            elif patient:
+                low_water = self._set_low_water(1)
+            else:
+                raise TimeoutError
+            if remaining is not None:
+                later = time.monotonic()
+                remaining, now = max(0.0, remaining - (later - now)), later
+
+    def settle(self) -> None:
+        """Let the socket wake anyone on any octet again.
+
+        A wait for several replies leaves ``SO_RCVLOWAT`` raised for the
+        next one (setting it costs a system call); whoever looks at the
+        socket otherwise (a poll for input the server sent unprompted, a
+        TLS handshake) calls this first.
+        """
+        if self._low_water not in (1, None):
+            self._set_low_water(1)
+
+    def _set_low_water(self, octets: int) -> int | None:
+        """Set the socket's SO_RCVLOWAT; a socket that refuses is not asked again."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, octets)
+        except OSError:
+            self._low_water = None
+        else:
+            self._low_water = octets
+        return self._low_water
 
     def _timed_out(self, command: str, past_deadline: bool = False) -> SMTPTimeoutError:
         if past_deadline:

@@ -309,6 +309,8 @@ class SMTPTransport(smtplib.SMTP):
                 "(what was sent in plaintext could pass for replies inside TLS)"
             )
         assert self.sock is not None, "connected, since STARTTLS was answered"
+        if self._reader is not None:
+            self._reader.settle()
         self.sock = self._wrap(self.sock, context, self._host, self._port, "STARTTLS")
         self.file = None
         # RFC 3207: forget everything learnt before TLS; EHLO again.
@@ -324,6 +326,8 @@ class SMTPTransport(smtplib.SMTP):
         if reader is None or reader.sock is not self.sock:
             if self.sock is None:
                 raise smtplib.SMTPServerDisconnected("please run connect() first")
+            if reader is not None:
+                reader.settle()
             reader = self._reader = ReplyReader(self.sock, self.where)
         return reader
 
@@ -378,6 +382,8 @@ class SMTPTransport(smtplib.SMTP):
             return True
         if self.unread():
             return True
+        if self._reader is not None:
+            self._reader.settle()
         pending = getattr(sock, "pending", None)
         if pending is not None and pending():
             return True
