@@ -8,6 +8,7 @@ caller that sends something else next, and the relay's raw bytes.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -15,7 +16,9 @@ import pytest
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import Envelope
+from mailman_mta.smtp.replies import ReplyReader
 from mailman_mta.smtp.transport import SMTPTransport
+from mailman_mta.testing.scripted import ScriptedSMTPServer
 
 MESSAGE = b"From: list@example.org\r\nSubject: chained\r\n\r\nHello.\r\n"
 MEMBERS = [f"member{i}@example.com" for i in range(8)]
@@ -96,3 +99,30 @@ def test_a_chain_broken_by_the_relay_sends_the_next_copy_from_the_start(mta_conf
     assert {r: f.code for r, f in result.refused.items()} == {MEMBERS[0]: 421}
     assert set(result.accepted) == set(MEMBERS[1:3])
     assert mta_smtpd.copies == Counter(MEMBERS[1:3]), "nothing twice, nothing lost"
+
+
+@pytest.mark.parametrize("ack_at_once", [True, False], ids=["quick ack", "delayed ack"])
+def test_a_relay_writing_each_reply_with_nagle_on_does_not_hold_up_a_chain(monkeypatch, ack_at_once):
+    """`ScriptedSMTPServer` writes every reply on its own, Nagle's algorithm on, as asyncore's smtpd did.
+
+    Such a relay holds each reply after the first of a pipelined group
+    until the first is acknowledged; a client with nothing to send delays
+    that acknowledgement by 40 ms, so every copy of a chain waited 40 ms.
+    The reader asks for acknowledgements at once while it awaits several
+    replies.  (The delayed case shows the stall is real on this kernel.)
+    """
+    if not ack_at_once:
+        monkeypatch.setattr(ReplyReader, "_ack_at_once", lambda self: None)
+    members = [f"member{i}@example.com" for i in range(20)]
+    with ScriptedSMTPServer() as server:
+        connection = Connection(server.hostname, server.port, delivery="verp", max_connections=1)
+        with Delivery(connection) as delivery:
+            delivery.deliver("list@example.org", members[:1], MESSAGE)
+            started = time.monotonic()
+            result = delivery.deliver("list@example.org", members, MESSAGE)
+            seconds = time.monotonic() - started
+    assert result.ok
+    if ack_at_once:
+        assert seconds < 0.4, f"{seconds:.2f} s for 20 copies: stalled on delayed acknowledgements"
+    else:
+        assert seconds >= 0.6, f"{seconds:.2f} s: the relay did not hold its replies back, nothing was tested"

@@ -14,7 +14,9 @@ A relay we do not control decides how long and how large its replies are.
   many octets have come as the replies still awaited must at least take,
   so a relay that writes each reply on its own costs fewer wake-ups; a
   wait that would outlast `LOW_WATER_PATIENCE` falls back to waking on
-  any octet, so a relay that breaks off early is seen as before;
+  any octet, so a relay that breaks off early is seen as before; and
+  what arrives meanwhile is acknowledged at once (``TCP_QUICKACK``), so
+  that such a relay's Nagle algorithm does not hold its next reply back;
 - **syntax** (RFC 5321 section 4.2): three digits whose first is 2 to 5,
   then a space, a hyphen (more lines follow) or the end of the line, and
   the same code on every line of a multi-line reply.
@@ -58,6 +60,13 @@ _RECV_OCTETS = 64 * 1024
 
 #: The fewest octets a reply can take: three digits and a bare LF.
 SHORTEST_REPLY_OCTETS = 4
+
+#: The most replies after the one being read that the low-water mark
+#: counts on.  Each small segment the kernel holds unread takes about a
+#: kilobyte of the receive buffer: a relay writing dozens of one-line
+#: replies would find the window shut until we read (seen as 20 ms a
+#: message at 50 recipients against aiosmtpd).
+LOW_WATER_REPLIES = 8
 
 #: Seconds a wait for several replies holds out for all of them to have
 #: begun arriving before it wakes on any octet: a relay that sends fewer
@@ -146,16 +155,19 @@ class ReplyReader:
         self.deadline_seconds = 0.0
         #: Replies awaited after the one being read (set by `read_many`).
         self._after = 0
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         #: The socket's SO_RCVLOWAT, as we set it; None where it cannot be set.
-        self._low_water: int | None = 1 if sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        self._low_water: int | None = 1 if tcp else None
+        #: Whether TCP_QUICKACK may be asked for (Linux TCP).
+        self._quick_ack = tcp and hasattr(socket, "TCP_QUICKACK")
         #: A plain socket is waited on here and read with read(2): no
         #: timeout to shorten, and no second poll inside ``recv``.
         self._poller: select.poll | None = None
-        self._fd = -1
         if type(sock) is socket.socket and hasattr(select, "poll"):
-            self._fd = sock.fileno()
+            # POLLIN alone: urgent data, which read(2) never returns, must
+            # not keep the poll answering at once.
             self._poller = select.poll()
-            self._poller.register(self._fd, select.POLLIN | select.POLLPRI)
+            self._poller.register(sock.fileno(), select.POLLIN)
 
     @property
     def buffered(self) -> int:
@@ -301,6 +313,8 @@ class ReplyReader:
             remaining, past_deadline = self.deadline - now, True
         if remaining is not None and remaining <= 0:
             raise self._timed_out(command, past_deadline)
+        if self._after and self._quick_ack:
+            self._ack_at_once()
         try:
             if self._poller is not None:
                 chunk = self._wait_and_read(now, remaining)
@@ -330,7 +344,7 @@ class ReplyReader:
         assert poller is not None, "only for a plain socket"
         low_water = self._low_water
         if low_water is not None:
-            wanted = 1 + SHORTEST_REPLY_OCTETS * self._after
+            wanted = 1 + SHORTEST_REPLY_OCTETS * min(self._after, LOW_WATER_REPLIES)
             if wanted != low_water:
                 low_water = self._set_low_water(wanted)
         while True:
@@ -340,7 +354,9 @@ class ReplyReader:
                 wait = LOW_WATER_PATIENCE
             if poller.poll(None if wait is None else math.ceil(wait * 1000)):
                 try:
-                    return os.read(self._fd, _RECV_OCTETS)
+                    # The socket's descriptor now (-1 once closed: EBADF),
+                    # never a number another socket may have taken since.
+                    return os.read(self.sock.fileno(), _RECV_OCTETS)
                 except BlockingIOError:
                     pass  # woken for nothing: wait again
             elif patient:
@@ -350,6 +366,21 @@ class ReplyReader:
             if remaining is not None:
                 later = time.monotonic()
                 remaining, now = max(0.0, remaining - (later - now)), later
+
+    def _ack_at_once(self) -> None:
+        """Acknowledge what arrives at once, while several replies are awaited.
+
+        A relay that writes each reply on its own with Nagle's algorithm on
+        holds every reply after the first until that one is acknowledged,
+        and the kernel delays an acknowledgement up to 40 ms when we have
+        nothing to send: without this, each pipelined group of such a
+        relay took 40 ms.  Linux forgets the request as it goes, so it is
+        made before each such wait.
+        """
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            self._quick_ack = False
 
     def settle(self) -> None:
         """Let the socket wake anyone on any octet again.
