@@ -399,7 +399,7 @@ def run(quick: bool, peers: list[str], rounds: int) -> Measured:
             print("measured VERP client CPU", file=sys.stderr, flush=True)
         lockstep = None
         if "lock-step" in ports:
-            lockstep = side_by_side(ports["lock-step"], SmtplibReused, OurConnectionPipelined, 10 if quick else 100)
+            lockstep = side_by_side(ports["lock-step"], SmtplibReused, OurConnectionPipelined, 10 if quick else 200)
             print("measured lock-step side by side", file=sys.stderr, flush=True)
     return Measured(rows, notes, verp, verp_cpu, lockstep)
 
