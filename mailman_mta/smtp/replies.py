@@ -158,8 +158,10 @@ class ReplyReader:
         tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         #: The socket's SO_RCVLOWAT, as we set it; None where it cannot be set.
         self._low_water: int | None = 1 if tcp else None
-        #: Whether TCP_QUICKACK may be asked for (Linux TCP).
+        #: Whether TCP_QUICKACK may be asked for (Linux TCP), and whether
+        #: it was, for the replies `read_many` is reading.
         self._quick_ack = tcp and hasattr(socket, "TCP_QUICKACK")
+        self._acking = False
         #: A plain socket is waited on here and read with read(2): no
         #: timeout to shorten, and no second poll inside ``recv``.
         self._poller: select.poll | None = None
@@ -207,6 +209,7 @@ class ReplyReader:
         it has been handed out already.
         """
         done = 0
+        self._acking = False
         try:
             while done < len(commands):
                 replies = self._buffered_replies(len(commands) - done)
@@ -313,7 +316,7 @@ class ReplyReader:
             remaining, past_deadline = self.deadline - now, True
         if remaining is not None and remaining <= 0:
             raise self._timed_out(command, past_deadline)
-        if self._after and self._quick_ack:
+        if self._after and self._quick_ack and not self._acking:
             self._ack_at_once()
         try:
             if self._poller is not None:
@@ -374,13 +377,14 @@ class ReplyReader:
         holds every reply after the first until that one is acknowledged,
         and the kernel delays an acknowledgement up to 40 ms when we have
         nothing to send: without this, each pipelined group of such a
-        relay took 40 ms.  Linux forgets the request as it goes, so it is
-        made before each such wait.
+        relay took 40 ms.  Linux keeps acknowledging at once until we next
+        send, so it is asked once per group of replies.
         """
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except OSError:
             self._quick_ack = False
+        self._acking = True
 
     def settle(self) -> None:
         """Let the socket wake anyone on any octet again.
