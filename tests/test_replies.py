@@ -14,11 +14,11 @@ import time
 import tracemalloc
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailman_mta.errors import SMTPProtocolError, SMTPTimeoutError
-from mailman_mta.smtp import replies
+from mailman_mta.smtp import replies as reply_module
 from mailman_mta.smtp.replies import MAX_LINE_OCTETS, MAX_REPLY_OCTETS, Reply, ReplyReader
 from mailman_mta.smtp.transport import readable_now
 
@@ -335,8 +335,8 @@ def test_replies_written_one_by_one_wake_the_reader_once_per_enough_octets(
 ):
     """Four 5-octet replies: the first wait needs 13 octets (1 + 4 for each reply after it), so three replies."""
     ours, theirs = tcp_pair
-    monkeypatch.setattr(replies, "LOW_WATER_PATIENCE", 5.0)
-    monkeypatch.setattr(replies, "SHORTEST_REPLY_OCTETS", shortest)
+    monkeypatch.setattr(reply_module, "LOW_WATER_PATIENCE", 5.0)
+    monkeypatch.setattr(reply_module, "SHORTEST_REPLY_OCTETS", shortest)
     reader = reader_for(ours)
     reader._poller = poller = CountingPoller(reader._poller)
     writer = written_one_by_one(theirs, [b"250\r\n", b"250\r\n", b"250\r\n", b"354\r\n"], gap=0.05)
@@ -358,7 +358,7 @@ def test_a_relay_that_sends_less_than_a_group_needs_is_heard_after_a_moment(tcp_
     started = time.monotonic()
     got = [reply.code for reply in reader.read_many(["MAIL", "RCPT", "RCPT", "DATA"])]
     assert got == [421]
-    assert time.monotonic() - started < replies.LOW_WATER_PATIENCE + 2.0
+    assert time.monotonic() - started < reply_module.LOW_WATER_PATIENCE + 2.0
     assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
 
 
@@ -371,7 +371,7 @@ def test_short_garbage_in_a_group_is_still_a_protocol_error_not_a_timeout(tcp_pa
     started = time.monotonic()
     with pytest.raises(SMTPProtocolError, match="not SMTP"):
         next(replies_read)
-    assert time.monotonic() - started < replies.LOW_WATER_PATIENCE + 2.0
+    assert time.monotonic() - started < reply_module.LOW_WATER_PATIENCE + 2.0
 
 
 def test_settle_lets_a_poll_see_a_short_unprompted_reply_after_a_group(tcp_pair):
@@ -387,3 +387,65 @@ def test_settle_lets_a_poll_see_a_short_unprompted_reply_after_a_group(tcp_pair)
     reader.settle()
     assert readable_now(ours)
     assert reader.read("NOOP").code == 421
+
+
+one_line_replies = st.lists(
+    st.tuples(codes, st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    one_line_replies,
+    st.booleans(),
+    st.integers(min_value=1, max_value=20),
+    st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.005]), min_size=1, max_size=6),
+    st.integers(min_value=0, max_value=12),
+)
+def test_a_group_read_over_tcp_gets_exactly_what_came_and_never_waits_for_what_does_not(
+    drawn, bare_lf, piece, pauses, sent
+):
+    """Over TCP, where the low-water mark is used: however the replies are cut up and paced,
+    `read_many` yields exactly the replies that came, in order; when the relay stops short
+    (sends only *sent* of them and falls silent), it yields those and then times out,
+    within the reply's timeout and the patience, never later.
+    """
+    ending = b"\n" if bare_lf else b"\r\n"
+    lines = [b"%d %s%s" % (code, text, ending) for code, text in drawn]
+    sent = min(sent, len(lines))
+    wire = b"".join(lines[:sent])
+    expected = [Reply(code, (text.strip(b" \t"),)) for code, text in drawn][:sent]
+    expected = expected[: next((i + 1 for i, r in enumerate(expected) if r.code == 421), len(expected))]
+    timeout = 0.2
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname(), timeout=timeout)
+        theirs, _ = listener.accept()
+    try:
+
+        def write():
+            for number, start in enumerate(range(0, len(wire), piece)):
+                time.sleep(pauses[number % len(pauses)])
+                theirs.sendall(wire[start : start + piece])
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        got: list[Reply] = []
+        error = None
+        started = time.monotonic()
+        try:
+            for reply in reader_for(ours).read_many(["NOOP"] * len(lines)):
+                got.append(reply)
+        except SMTPTimeoutError as timed_out:
+            error = timed_out
+        waited = time.monotonic() - started
+        writer.join()
+    finally:
+        ours.close()
+        theirs.close()
+    assert got == expected
+    stopped_short = len(expected) < len(lines) and (not expected or expected[-1].code != 421)
+    assert (error is not None) == stopped_short
+    paced = sum(pauses) * (len(wire) // piece + 1)
+    assert waited < paced + timeout + reply_module.LOW_WATER_PATIENCE + 1.0
