@@ -5,6 +5,7 @@ CPU time, and the numbers would measure both.  So:
 
     python benchmarks/peers.py sink                      # aiosmtpd, discarding
     python benchmarks/peers.py lockstep                  # the same, no PIPELINING
+    python benchmarks/peers.py nagle                     # the same, Nagle on
     python benchmarks/peers.py proxy PORT --delay 0.0015 # a relay further away
 
 Each prints ``listening on PORT`` once it is ready and runs until killed.
@@ -56,8 +57,29 @@ class Peer:
 # -- the aiosmtpd sink ------------------------------------------------------
 
 
-def run_sink(pipelining: bool = True) -> None:
+def run_sink(pipelining: bool = True, nagle: bool = False) -> None:
+    """The aiosmtpd sink; with *nagle*, its sockets keep Nagle's algorithm on.
+
+    aiosmtpd writes each reply on its own, and asyncio turns Nagle off.
+    With it on, every reply after the first of a pipelined group waits
+    until the client acknowledges the one before, as with asyncore's
+    smtpd and other servers that write replies one by one.
+    """
+    import socket
+
     from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    class NagleSMTP(SMTP):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+
+    class SinkController(Controller):
+        def factory(self):
+            return (NagleSMTP if nagle else SMTP)(self.handler, **self.SMTP_kwargs)
 
     class Discard:
         async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -69,7 +91,7 @@ def run_sink(pipelining: bool = True) -> None:
         async def handle_DATA(self, server, session, envelope):
             return "250 2.0.0 Ok: discarded"
 
-    controller = Controller(Discard(), hostname="127.0.0.1", port=_free_port())
+    controller = SinkController(Discard(), hostname="127.0.0.1", port=_free_port())
     controller.start()
     print(f"listening on {controller.port}", flush=True)
     try:
@@ -145,12 +167,13 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sink", help="aiosmtpd accepting and discarding everything, offering PIPELINING")
     commands.add_parser("lockstep", help="the same sink without PIPELINING, as aiosmtpd is by default")
+    commands.add_parser("nagle", help="the sink with Nagle's algorithm on, writing each reply on its own")
     proxy = commands.add_parser("proxy", help="forward to 127.0.0.1:PORT, delaying each direction")
     proxy.add_argument("port", type=int)
     proxy.add_argument("--delay", type=float, default=0.0015, help="seconds each way (default 0.0015: 3 ms RTT)")
     arguments = parser.parse_args()
-    if arguments.command in ("sink", "lockstep"):
-        run_sink(pipelining=arguments.command == "sink")
+    if arguments.command in ("sink", "lockstep", "nagle"):
+        run_sink(pipelining=arguments.command != "lockstep", nagle=arguments.command == "nagle")
     else:
         asyncio.run(_proxy(arguments.port, arguments.delay))
 

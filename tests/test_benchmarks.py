@@ -19,7 +19,7 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
             str(ROOT / "benchmarks" / "run.py"),
             "--quick",
             "--peers",
-            "sink,lock-step,3 ms",
+            "sink,lock-step,3 ms,nagle",
             "--json",
             str(tmp_path / "results.json"),
             "--chart",
@@ -47,6 +47,8 @@ def test_the_benchmarks_run_and_report_every_client(tmp_path):
     side_by_side = json.loads((tmp_path / "results.json").read_text())["lock_step_side_by_side"]
     assert side_by_side["messages"] > 0 and side_by_side["ratio"] > 0
     assert "| VERP, client CPU per copy <= 0.8x an smtplib loop rewriting the sender, sink" in result.stdout
+    assert "| VERP on one connection, a relay with Nagle on: copies/s >= 1.0x an smtplib loop" in result.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["verp_nagle"]["ratio"] > 0
 
 
 @pytest.mark.celery

@@ -14,9 +14,11 @@ A relay we do not control decides how long and how large its replies are.
   many octets have come as the replies still awaited must at least take,
   so a relay that writes each reply on its own costs fewer wake-ups; a
   wait that would outlast `LOW_WATER_PATIENCE` falls back to waking on
-  any octet, so a relay that breaks off early is seen as before; and
-  what arrives meanwhile is acknowledged at once (``TCP_QUICKACK``), so
-  that such a relay's Nagle algorithm does not hold its next reply back;
+  any octet, and the connection stops using the mark, so a relay that
+  breaks off early, is far away, or holds its replies back is read as
+  without it; and while replies are awaited, TCP is asked to acknowledge
+  at once (``TCP_QUICKACK``), so that a relay's Nagle algorithm does not
+  hold its next reply back for 40 ms;
 - **syntax** (RFC 5321 section 4.2): three digits whose first is 2 to 5,
   then a space, a hyphen (more lines follow) or the end of the line, and
   the same code on every line of a multi-line reply.
@@ -69,9 +71,13 @@ SHORTEST_REPLY_OCTETS = 4
 LOW_WATER_REPLIES = 8
 
 #: Seconds a wait for several replies holds out for all of them to have
-#: begun arriving before it wakes on any octet: a relay that sends fewer
-#: (garbage, or a 421 without closing) is then read as it would be anyway.
-LOW_WATER_PATIENCE = 0.1
+#: begun arriving.  Past that the reader wakes on any octet, and no longer
+#: uses the mark on this connection: a relay that sends fewer octets
+#: (garbage, a 421 without closing), one far away, or one whose Nagle
+#: algorithm holds each reply until the one before is acknowledged (the
+#: kernel does not acknowledge at once while octets lie unread) is then
+#: read as it would be without the mark, after this one wait.
+LOW_WATER_PATIENCE = 0.01
 
 # The usual case, a whole one-line reply already buffered, in one match.
 _ONE_LINE = re.compile(rb"([2-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
@@ -156,7 +162,9 @@ class ReplyReader:
         #: Replies awaited after the one being read (set by `read_many`).
         self._after = 0
         tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        #: The socket's SO_RCVLOWAT, as we set it; None where it cannot be set.
+        #: The socket's SO_RCVLOWAT, as we set it; None where it cannot be
+        #: set, or once a wait with it ran out of patience (see
+        #: `LOW_WATER_PATIENCE`): then it stays 1.
         self._low_water: int | None = 1 if tcp else None
         #: Whether TCP_QUICKACK may be asked for (Linux TCP), and whether
         #: it was, for the replies `read_many` is reading.
@@ -363,7 +371,8 @@ class ReplyReader:
                 except BlockingIOError:
                     pass  # woken for nothing: wait again
             elif patient:
-                low_water = self._set_low_water(1)
+                self._set_low_water(1)
+                low_water = self._low_water = None
             else:
                 raise TimeoutError
             if remaining is not None:
