@@ -31,6 +31,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -580,72 +581,60 @@ def verp_seconds(port: int, rounds: int, members_count: int = 200) -> tuple[floa
     return statistics.median(seconds[1]), statistics.median(seconds[4]), members_count
 
 
-def verp_cpu_ratio(port: int, rounds: int, members_count: int = 200) -> tuple[float, float, float]:
-    """Client CPU per copy of a VERP post: mailman-mta over an smtplib loop that rewrites the sender.
+def verp_turns(port: int, rounds: int, members_count: int, clock: Callable[[], float]) -> tuple[float, float]:
+    """*clock* seconds spent sending one VERP post, by an smtplib loop that rewrites the sender and by mailman-mta.
 
-    Both on one connection, taking turns each round, each going first in
-    every other round (a slow patch of the machine that starts mid-round
-    must not always land on the same one); the ratio is of the total CPU
-    seconds, with each one's CPU seconds per copy.
+    mailman-mta's `Delivery` on one connection; both keep their connection
+    throughout and take turns each round, each going first in every other
+    round (a slow patch of the machine that starts mid-round must not
+    always land on the same one).  Returns the totals (smtplib's, ours).
     """
     from mailman_mta import verp
 
     recipients = members(members_count)
     smtp = smtplib.SMTP("127.0.0.1", port)
     delivery = Delivery(Connection("127.0.0.1", port, 0, delivery="verp", max_connections=1))
-    theirs: list[float] = []
-    ours: list[float] = []
+    spent = {"theirs": 0.0, "ours": 0.0}
     try:
         delivery.deliver(SENDER, recipients[:2], POST)
         for number in range(rounds):
             for side in ("theirs", "ours") if number % 2 == 0 else ("ours", "theirs"):
-                cpu = time.process_time()
+                started = clock()
                 if side == "theirs":
                     for recipient in recipients:
                         smtp.sendmail(verp.encode(SENDER, recipient), [recipient], POST)
-                    theirs.append(time.process_time() - cpu)
                 else:
                     result = delivery.deliver(SENDER, recipients, POST)
-                    ours.append(time.process_time() - cpu)
                     assert result.ok, result.refused
+                spent[side] += clock() - started
     finally:
         smtp.quit()
         delivery.close()
+    return spent["theirs"], spent["ours"]
+
+
+def verp_cpu_ratio(port: int, rounds: int, members_count: int = 200) -> tuple[float, float, float]:
+    """Client CPU per copy of a VERP post: mailman-mta over an smtplib loop that rewrites the sender.
+
+    Measured by `verp_turns` with the process's CPU time; the ratio is of
+    the totals.  Returns (ratio, smtplib's CPU seconds per copy, ours).
+    """
+    theirs, ours = verp_turns(port, rounds, members_count, time.process_time)
     copies = rounds * members_count
-    return sum(ours) / sum(theirs), sum(theirs) / copies, sum(ours) / copies
+    return ours / theirs, theirs / copies, ours / copies
 
 
 def verp_copies_per_second(port: int, rounds: int, members_count: int = 200) -> tuple[float, float, float]:
     """Copies per second of a VERP post on one connection: mailman-mta over an smtplib loop rewriting the sender.
 
     Against the ``nagle`` peer, whose replies to a pipelined group wait on
-    the client's acknowledgements (see `peers.run_sink`).  Taking turns
-    each round, each going first in every other round; the ratio is of
-    the total times.  Returns (ratio, ours, theirs) in copies per second.
+    the client's acknowledgements (see `peers.run_sink`); measured by
+    `verp_turns` with wall-clock time.  Returns (ratio, ours, smtplib's)
+    in copies per second.
     """
-    from mailman_mta import verp
-
-    recipients = members(members_count)
-    smtp = smtplib.SMTP("127.0.0.1", port)
-    delivery = Delivery(Connection("127.0.0.1", port, 0, delivery="verp", max_connections=1))
-    seconds = {"theirs": 0.0, "ours": 0.0}
-    try:
-        delivery.deliver(SENDER, recipients[:2], POST)
-        for number in range(rounds):
-            for side in ("theirs", "ours") if number % 2 == 0 else ("ours", "theirs"):
-                started = time.perf_counter()
-                if side == "theirs":
-                    for recipient in recipients:
-                        smtp.sendmail(verp.encode(SENDER, recipient), [recipient], POST)
-                else:
-                    result = delivery.deliver(SENDER, recipients, POST)
-                    assert result.ok, result.refused
-                seconds[side] += time.perf_counter() - started
-    finally:
-        smtp.quit()
-        delivery.close()
+    theirs, ours = verp_turns(port, rounds, members_count, time.perf_counter)
     copies = rounds * members_count
-    return seconds["theirs"] / seconds["ours"], copies / seconds["ours"], copies / seconds["theirs"]
+    return theirs / ours, copies / ours, copies / theirs
 
 
 def side_by_side(port: int, theirs: type[Client], ours: type[Client], units: int, block: int = 25) -> SideBySide:
@@ -715,6 +704,11 @@ def chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
+def named(values: tuple[float, ...] | None, *names: str) -> dict[str, float] | None:
+    """A measurement's figures under their names, for the JSON; None when it was not measured."""
+    return dict(zip(names, values, strict=True)) if values is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages and one round: a smoke test")
@@ -752,28 +746,10 @@ def main(argv: list[str] | None = None) -> int:
                     asdict(row) | {"per_second": row.per_second, "cpu_per_message": row.cpu_per_message}
                     for row in measured.rows
                 ],
-                "verp_seconds": {
-                    "members": measured.verp[2],
-                    "1 connection": measured.verp[0],
-                    "4 connections": measured.verp[1],
-                }
-                if measured.verp
-                else None,
-                "verp_cpu_per_copy": {
-                    "ratio": measured.verp_cpu[0],
-                    "smtplib": measured.verp_cpu[1],
-                    "mailman-mta": measured.verp_cpu[2],
-                }
-                if measured.verp_cpu
-                else None,
+                "verp_seconds": named(measured.verp, "1 connection", "4 connections", "members"),
+                "verp_cpu_per_copy": named(measured.verp_cpu, "ratio", "smtplib", "mailman-mta"),
                 "lock_step_side_by_side": asdict(measured.lockstep) if measured.lockstep else None,
-                "verp_nagle": {
-                    "ratio": measured.verp_nagle[0],
-                    "mailman-mta copies/s": measured.verp_nagle[1],
-                    "smtplib copies/s": measured.verp_nagle[2],
-                }
-                if measured.verp_nagle
-                else None,
+                "verp_nagle": named(measured.verp_nagle, "ratio", "mailman-mta copies/s", "smtplib copies/s"),
                 "notes": measured.notes,
             },
             indent=2,
