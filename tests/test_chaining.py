@@ -8,20 +8,17 @@ caller that sends something else next, and the relay's raw bytes.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
 
 from mailman_mta.connection import Connection
 from mailman_mta.delivery import Delivery
 from mailman_mta.envelope import Envelope
 from mailman_mta.smtp.replies import ReplyReader
 from mailman_mta.smtp.transport import SMTPTransport
-from mailman_mta.testing.postfix import free_port
+from mailman_mta.testing import CountingSMTPServer
 from mailman_mta.testing.scripted import ScriptedSMTPServer
 
 MESSAGE = b"From: list@example.org\r\nSubject: chained\r\n\r\nHello.\r\n"
@@ -105,44 +102,15 @@ def test_a_chain_broken_by_the_relay_sends_the_next_copy_from_the_start(mta_conf
     assert mta_smtpd.copies == Counter(MEMBERS[1:3]), "nothing twice, nothing lost"
 
 
-class _NagleSMTP(SMTP):
-    """aiosmtpd with Nagle's algorithm left on (asyncio turns it off)."""
-
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-
-
-class _NagleController(Controller):
-    def factory(self):
-        return _NagleSMTP(self.handler, **self.SMTP_kwargs)
-
-
-class _Discard:
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-    async def handle_DATA(self, server, session, envelope):
-        return "250 2.0.0 Ok: discarded"
-
-
 @pytest.fixture(params=["aiosmtpd", "scripted"])
 def nagle_relay(request):
     """(host, port) of a relay that writes each reply on its own with Nagle's algorithm on.
 
-    aiosmtpd with Nagle on, and `ScriptedSMTPServer` (which never turned it off).
+    Our aiosmtpd server with Nagle left on, and `ScriptedSMTPServer` (which never turned it off).
     """
-    if request.param == "scripted":
-        with ScriptedSMTPServer() as server:
-            yield server.hostname, server.port
-        return
-    controller = _NagleController(_Discard(), hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield "127.0.0.1", controller.port
-    finally:
-        controller.stop()
+    server = CountingSMTPServer(nagle=True) if request.param == "aiosmtpd" else ScriptedSMTPServer()
+    with server:
+        yield server.hostname, server.port
 
 
 def _verp_seconds(host: str, port: int, members: list[str]) -> float:

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import tracemalloc
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -294,15 +295,20 @@ def test_a_relay_refusing_every_recipient_at_length_leaves_a_small_result():
 # -- fewer wake-ups for pipelined replies (SO_RCVLOWAT, plain TCP only) ------
 
 
+@contextmanager
+def connected_over_tcp(timeout: float):
+    """(ours, theirs): a connected loopback TCP pair, since the low-water mark is a TCP socket's."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname(), timeout=timeout)
+        theirs, _ = listener.accept()
+    with ours, theirs:
+        yield ours, theirs
+
+
 @pytest.fixture
 def tcp_pair():
-    """A connected loopback TCP pair: the low-water mark is a TCP socket's."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        ours = socket.create_connection(listener.getsockname(), timeout=10.0)
-        theirs, _ = listener.accept()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
+    with connected_over_tcp(10.0) as pair:
+        yield pair
 
 
 class CountingPoller:
@@ -419,10 +425,7 @@ def test_a_group_read_over_tcp_gets_exactly_what_came_and_never_waits_for_what_d
     expected = [Reply(code, (text.strip(b" \t"),)) for code, text in drawn][:sent]
     expected = expected[: next((i + 1 for i, r in enumerate(expected) if r.code == 421), len(expected))]
     timeout = 0.2
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        ours = socket.create_connection(listener.getsockname(), timeout=timeout)
-        theirs, _ = listener.accept()
-    try:
+    with connected_over_tcp(timeout) as (ours, theirs):
 
         def write():
             for number, start in enumerate(range(0, len(wire), piece)):
@@ -441,9 +444,6 @@ def test_a_group_read_over_tcp_gets_exactly_what_came_and_never_waits_for_what_d
             error = timed_out
         waited = time.monotonic() - started
         writer.join()
-    finally:
-        ours.close()
-        theirs.close()
     assert got == expected
     stopped_short = len(expected) < len(lines) and (not expected or expected[-1].code != 421)
     assert (error is not None) == stopped_short

@@ -217,6 +217,10 @@ class _CountingSMTP(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:  # not the STARTTLS upgrade of a connection already counted
+            if self._counting_server.nagle:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
             self._counting_server._on_connection(self, transport.get_extra_info("peername"))
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -414,6 +418,10 @@ class CountingSMTPServer:
         client over its ``smtpd_client_connection_count_limit``.  None (the
         default): no limit.  `most_connections` and `connections_refused`
         say what happened.
+    :param nagle: leave Nagle's algorithm on (asyncio turns it off), so
+        that every reply after the first of a pipelined group waits until
+        the client acknowledges the one before, as with servers that write
+        replies one by one without ``TCP_NODELAY``.
     :param smtp_options: further keyword arguments for `aiosmtpd.smtp.SMTP`
         (``tls_context``, ``require_starttls``, ``data_size_limit``, ...).
 
@@ -434,9 +442,11 @@ class CountingSMTPServer:
         on_message: Callable[[ReceivedMessage], str | None] | None = None,
         ready_timeout: float = 10.0,
         connection_limit: int | None = None,
+        nagle: bool = False,
         **smtp_options: Any,
     ) -> None:
         self.connection_limit = connection_limit
+        self.nagle = nagle
         #: The most connections that were open at one moment.
         self.most_connections = 0
         #: Connections greeted with 421 for being over `connection_limit`.
